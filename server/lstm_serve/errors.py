@@ -1,0 +1,59 @@
+"""Domain exceptions.
+
+The layers below transport raise these; one interceptor
+(:mod:`lstm_serve.transport.interceptor`) maps them to gRPC status codes. Each message
+names the field at fault and what was expected, so a person can act on it.
+"""
+
+from __future__ import annotations
+
+
+class ServeError(Exception):
+    """Base class of every error the service reports to clients."""
+
+
+class InvalidInput(ServeError):
+    """The request is malformed: wrong shape, dtype, values or message order."""
+
+
+class ModelNotFound(ServeError):
+    """No model, or no such version, in the repository."""
+
+
+class ModelNotReady(ServeError):
+    """The model version exists but failed to load or is unloading."""
+
+
+class SessionNotFound(ServeError):
+    """The session id is unknown, or its state expired."""
+
+
+class SessionConflict(ServeError):
+    """The session is attached to another stream or bound to another model."""
+
+
+class PreconditionFailed(ServeError):
+    """The request is valid but cannot be served in this state (e.g. streaming a
+    non-causal model, or a sequence-number gap)."""
+
+
+class Overloaded(ServeError):
+    """A bounded resource is full: the session cap, the batch queue or a rate limit."""
+
+
+class Draining(ServeError):
+    """The server is shutting down and accepts no new work."""
+
+
+class DeadlineExceeded(ServeError):
+    """A server-side timeout passed (e.g. a stream idle for too long)."""
+
+
+class ManifestError(Exception):
+    """A model package is invalid. Carries the path and the field at fault."""
+
+    def __init__(self, path: str, field: str, problem: str) -> None:
+        super().__init__(f"{path}: {field}: {problem}")
+        self.path = path
+        self.field = field
+        self.problem = problem

@@ -1,0 +1,181 @@
+"""Every Prometheus metric of the service, declared once.
+
+Each server instance owns a fresh :class:`~prometheus_client.CollectorRegistry`, so
+tests that start several servers in one process do not leak series into each other.
+Names carry unit suffixes and share one label vocabulary: ``model``, ``version``,
+``method``, ``code``, ``reason``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+
+PREFIX = "lstm_serve"
+
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+)
+"""Latency buckets, 0.5 ms to 2 s."""
+
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+"""Batch-size buckets, 1 to 512."""
+
+LAG_BUCKETS_S: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+"""Stream lag buckets: how far a stream's results trail real time."""
+
+RTF_BUCKETS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+"""Real-time-factor buckets: compute seconds per second of audio."""
+
+
+class Metrics:
+    """The service's metrics, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.rpc_latency = Histogram(
+            f"{PREFIX}_rpc_duration_seconds",
+            "Time from receiving a unary RPC to sending its response, or the life of a stream.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors_total",
+            "RPCs that ended with a non-OK status, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time a step waited in the batcher before its onnxruntime call started.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.compute = Histogram(
+            f"{PREFIX}_compute_seconds",
+            "Duration of one onnxruntime call (one batch).",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Sequences stacked into one onnxruntime call.",
+            ["model", "version"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.frames = Counter(
+            f"{PREFIX}_frames_total",
+            "Input frames run through a model.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.chunk_latency = Histogram(
+            f"{PREFIX}_chunk_latency_seconds",
+            "Time from a stream chunk's arrival to its result being sent.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.sessions_active = Gauge(
+            f"{PREFIX}_sessions_active",
+            "Sessions attached to an open stream or a running Predict call.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.sessions_stored = Gauge(
+            f"{PREFIX}_sessions_stored",
+            "Sessions whose state is held in the store (attached or detached).",
+            registry=r,
+        )
+        self.sessions_created = Counter(
+            f"{PREFIX}_sessions_created_total",
+            "Sessions created.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.sessions_ended = Counter(
+            f"{PREFIX}_sessions_ended_total",
+            "Sessions removed from the store, by reason: ended (client end), "
+            "expired (idle TTL), evicted (shutdown or reload).",
+            ["reason"],
+            registry=r,
+        )
+        self.sessions_rejected = Counter(
+            f"{PREFIX}_sessions_rejected_total",
+            "Sessions refused, by reason: cap, draining, conflict.",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_lag = Histogram(
+            f"{PREFIX}_stream_lag_seconds",
+            "How far an audio stream's results trail real time: audio received so far "
+            "minus wall time since the stream's first chunk, when positive.",
+            ["model", "version"],
+            buckets=LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.realtime_factor = Histogram(
+            f"{PREFIX}_realtime_factor",
+            "Server time spent per chunk divided by the chunk's audio duration.",
+            ["model", "version"],
+            buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            f"{PREFIX}_audio_seconds_total",
+            "Seconds of audio processed.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}_model_ready",
+            "1 when a model version loaded and serves, 0 when its package is broken.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.providers = Info(
+            f"{PREFIX}_model_providers",
+            "Execution providers onnxruntime uses for each model version.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.build = Info(f"{PREFIX}_build", "Server version.", registry=r)
+
+
+@dataclass
+class MetricsEndpoint:
+    """A running /metrics HTTP endpoint."""
+
+    port: int
+    _server: object
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop serving."""
+        shutdown = getattr(self._server, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        server_close = getattr(self._server, "server_close", None)
+        if callable(server_close):
+            server_close()
+
+
+def serve_metrics(metrics: Metrics, host: str, port: int) -> MetricsEndpoint:
+    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    bound_port = server.server_address[1]
+    return MetricsEndpoint(port=int(bound_port), _server=server, _thread=thread)

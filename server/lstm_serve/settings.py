@@ -1,0 +1,169 @@
+"""Service configuration.
+
+Every field can be set by a command-line flag (see ``lstm-serve --help``) or by an
+environment variable with the ``LSTM_SERVE_`` prefix; nested groups use ``__``, e.g.
+``LSTM_SERVE_SESSIONS__TTL_S=60``. Flags win over the environment, which wins over the
+defaults documented here. Settings are parsed in the entry point only
+(:func:`lstm_serve.main.main`); nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LSTM_SERVE_"
+
+
+class ServerSettings(BaseModel):
+    """Transport and process settings."""
+
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds to. Use 127.0.0.1 to accept loopback only."""
+
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port. 0 picks a free port (tests use this)."""
+
+    models_dir: str = "models"
+    """Model repository: ``<models_dir>/<name>/<version>/{model.onnx,manifest.json}``."""
+
+    grace_period_s: float = Field(10.0, ge=0)
+    """On SIGTERM/SIGINT, how long in-flight RPCs may run before they are cancelled.
+    Keep it below the pod's terminationGracePeriodSeconds."""
+
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request message accepted; larger ones get RESOURCE_EXHAUSTED."""
+
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+
+class SessionSettings(BaseModel):
+    """Server-side session state."""
+
+    ttl_s: float = Field(300.0, gt=0)
+    """A session that is not attached to a stream is deleted after this many idle
+    seconds. A resumed session restarts its clock."""
+
+    max_sessions: int = Field(10_000, ge=1)
+    """Cap on live sessions (attached or detached). New sessions beyond it are refused
+    with RESOURCE_EXHAUSTED."""
+
+    reap_interval_s: float = Field(1.0, gt=0)
+    """How often idle sessions are looked for."""
+
+    stream_idle_timeout_s: float = Field(0.0, ge=0)
+    """Close a stream with DEADLINE_EXCEEDED when no message arrives for this long;
+    its state is kept for resume. 0 disables the timeout (a paused stream is never
+    cut by the server)."""
+
+    max_chunk_frames: int = Field(3000, ge=1)
+    """Largest number of feature frames in one stream chunk or one Predict sequence
+    row; larger ones get RESOURCE_EXHAUSTED."""
+
+
+class BatchingSettings(BaseModel):
+    """Cross-session dynamic batching."""
+
+    enabled: bool = True
+    """Stack the pending steps of many sessions into one onnxruntime call. Off: every
+    step runs alone (the baseline)."""
+
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    """Most sequences in one onnxruntime call."""
+
+    max_delay_ms: float = Field(2.0, ge=0)
+    """How long the first pending step may wait for others to join its batch."""
+
+    max_queue: int = Field(2048, ge=1)
+    """Most steps waiting per model; beyond it requests get RESOURCE_EXHAUSTED."""
+
+    disabled_models: list[str] = Field(default_factory=list)
+    """Model names that never batch, e.g. ``["vowels"]``."""
+
+
+class ProviderSettings(BaseModel):
+    """onnxruntime execution providers and threads."""
+
+    providers: list[str] = Field(default_factory=lambda: ["auto"])
+    """``["auto"]`` takes TensorRT, then CUDA, then CPU among the providers onnxruntime
+    reports. An explicit list (e.g. ``["CUDAExecutionProvider",
+    "CPUExecutionProvider"]``) is honoured in order, or refused at start when one is
+    not available."""
+
+    intra_op_threads: int = Field(1, ge=0)
+    """onnxruntime intra-op threads per session; 0 lets onnxruntime decide. One leaves
+    the other core to gRPC on a small machine."""
+
+    inter_op_threads: int = Field(1, ge=0)
+    """onnxruntime inter-op threads per session; 0 lets onnxruntime decide."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+class AudioSettings(BaseModel):
+    """Audio streaming limits."""
+
+    max_chunk_ms: float = Field(2000.0, gt=0)
+    """Longest audio chunk accepted; longer ones get RESOURCE_EXHAUSTED."""
+
+    max_realtime_factor: float = Field(0.0, ge=0)
+    """Refuse audio arriving faster than this many times real time (after a 2 s
+    allowance) with RESOURCE_EXHAUSTED. 0 disables the limit."""
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics endpoint."""
+
+    enabled: bool = True
+    """Serve /metrics over HTTP."""
+
+    host: str = "0.0.0.0"
+    """Address the metrics endpoint binds to."""
+
+    port: int = Field(9090, ge=0, le=65535)
+    """Metrics port (0 picks a free port)."""
+
+
+class Settings(BaseSettings):
+    """All settings of one server process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    """Transport and process."""
+
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    """Session store."""
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    """Dynamic batching."""
+
+    providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    """onnxruntime providers."""
+
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    """Audio streaming."""
+
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    """Prometheus endpoint."""
+
+
+def env_var_names() -> list[str]:
+    """Every environment variable the settings read, e.g. ``LSTM_SERVE_SERVER__PORT``."""
+    names = []
+    for group_name, group_field in Settings.model_fields.items():
+        group_type = group_field.annotation
+        assert isinstance(group_type, type) and issubclass(group_type, BaseModel)
+        for field_name in group_type.model_fields:
+            names.append(f"{ENV_PREFIX}{group_name.upper()}__{field_name.upper()}")
+    return names

@@ -1,0 +1,1 @@
+"""lstm-train: train recurrent models in PyTorch and export servable ONNX packages."""

@@ -1,0 +1,252 @@
+"""Export a :class:`~lstm_train.model.RecurrentNet` to a servable model package.
+
+The package is ``<root>/<name>/<version>/{model.onnx,manifest.json}``. Export uses
+torch's TorchScript-based exporter (``dynamo=False``), which emits ONNX's native LSTM
+and GRU ops with dynamic batch and time axes. After export it checks the graph's
+input shapes, and runs the three parity checks of DESIGN §3.2, failing above
+``tolerance``:
+
+- ``ort_vs_torch``: onnxruntime against PyTorch on whole sequences;
+- ``chunked_vs_whole``: the sequence cut into chunks with the state carried, against
+  the whole sequence (causal models only);
+- ``batch_vs_single``: a batch against each sequence alone.
+
+The figures go into the manifest's ``provenance.parity``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from lstm_serve.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    FeatureFrontend,
+    InputSpec,
+    KeywordPostprocess,
+    LogMelFrontend,
+    Manifest,
+    Normalization,
+    OutputSpec,
+    Provenance,
+    StatePair,
+    check_against_graph,
+)
+from lstm_train.model import RecurrentNet
+
+OPSET = 17
+DEFAULT_TOLERANCE = 1e-5
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a shape or parity check."""
+
+
+def build_manifest(
+    net: RecurrentNet,
+    *,
+    name: str,
+    version: str,
+    frame_rate_hz: float,
+    labels: list[str],
+    description: str = "",
+    task: str = "classification",
+    frontend: LogMelFrontend | None = None,
+    postprocess: KeywordPostprocess | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest describing ``net`` once exported."""
+    cfg = net.config
+    normalization = (
+        Normalization(mean=list(map(float, cfg.mean)), std=list(map(float, cfg.std)))
+        if cfg.mean
+        else None
+    )
+    states = [
+        StatePair(
+            name=state,
+            input=f"{state}0",
+            output=f"{state}N",
+            layers=cfg.state_layers,
+            hidden=cfg.hidden,
+        )
+        for state in cfg.state_names
+    ]
+    arch = (
+        f"{'bi' if cfg.bidirectional else 'uni'}directional {cfg.cell.upper()}, "
+        f"{cfg.layers} layer(s), hidden {cfg.hidden}, {cfg.head} head"
+    )
+    return Manifest(
+        name=name,
+        version=version,
+        description=description,
+        architecture=arch,
+        input=InputSpec(
+            feature_dim=cfg.input_dim, frame_rate_hz=frame_rate_hz, normalization=normalization
+        ),
+        frontend=frontend if frontend is not None else FeatureFrontend(),
+        output=OutputSpec(
+            head=cfg.head,
+            task=task,  # type: ignore[arg-type]
+            dim=cfg.output_dim,
+            labels=labels,
+            activation=cfg.activation,
+            postprocess=postprocess,
+        ),
+        states=states,
+        causal=not cfg.bidirectional,
+        provenance=Provenance(**(provenance or {})),
+    )
+
+
+def _export_onnx(net: RecurrentNet, path: Path) -> None:
+    cfg = net.config
+    example_x = torch.zeros(2, 5, cfg.input_dim)
+    states = net.zero_states(2)
+    input_names = ["x", *(f"{s}0" for s in cfg.state_names)]
+    output_names = ["y", *(f"{s}N" for s in cfg.state_names)]
+    axes: dict[str, dict[int, str]] = {"x": {0: "batch", 1: "time"}}
+    axes["y"] = {0: "batch", 1: "time"} if cfg.head == "per_frame" else {0: "batch"}
+    for s in cfg.state_names:
+        axes[f"{s}0"] = {1: "batch"}
+        axes[f"{s}N"] = {1: "batch"}
+    # The exporter warns about batch sizes whenever h0/c0 are not graph inputs; ours
+    # are, so the warning does not apply.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        torch.onnx.export(
+            net,
+            (example_x, *states),
+            str(path),
+            dynamo=False,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+        )
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _check_dynamic_axes(sess: ort.InferenceSession) -> None:
+    for arg in sess.get_inputs():
+        shape = list(arg.shape)
+        dynamic = [0, 1] if arg.name == "x" else [1]
+        for axis in dynamic:
+            if isinstance(shape[axis], int):
+                raise ExportError(
+                    f"input '{arg.name}' axis {axis} is fixed to {shape[axis]} after export; "
+                    "expected a dynamic axis"
+                )
+
+
+def _ort_run(
+    sess: ort.InferenceSession, x: np.ndarray, states: list[np.ndarray], names: list[str]
+) -> list[np.ndarray]:
+    feeds = {"x": x, **{f"{n}0": s for n, s in zip(names, states, strict=True)}}
+    return list(sess.run(None, feeds))
+
+
+def parity_checks(
+    net: RecurrentNet, sess: ort.InferenceSession, seed: int = 0, frames: int = 37
+) -> dict[str, float]:
+    """Run the three parity checks on random inputs; returns max abs differences."""
+    cfg = net.config
+    names = cfg.state_names
+    rng = np.random.default_rng(seed)
+    mean = np.asarray(cfg.mean or [0.0] * cfg.input_dim, dtype=np.float32)
+    std = np.asarray(cfg.std or [1.0] * cfg.input_dim, dtype=np.float32)
+    batch = 4
+    x = (rng.standard_normal((batch, frames, cfg.input_dim)) * std + mean).astype(np.float32)
+    zeros = [s.numpy() for s in net.zero_states(batch)]
+    with torch.no_grad():
+        ref = [t.numpy() for t in net(torch.from_numpy(x), *map(torch.from_numpy, zeros))]
+    got = _ort_run(sess, x, zeros, names)
+    figures = {"ort_vs_torch": max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))}
+
+    singles = [_ort_run(sess, x[i : i + 1], [z[:, :1] for z in zeros], names) for i in range(batch)]
+    batch_diff = 0.0
+    for i, single in enumerate(singles):
+        batch_diff = max(batch_diff, float(np.abs(single[0][0] - got[0][i]).max()))
+        for k in range(len(names)):
+            batch_diff = max(batch_diff, float(np.abs(single[1 + k][:, 0] - got[1 + k][:, i]).max()))
+    figures["batch_vs_single"] = batch_diff
+
+    if cfg.bidirectional:
+        return figures
+    cuts = [0, 1, 8, 9, 23, frames]
+    states = [z[:, :1] for z in zeros]
+    pieces = []
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        out = _ort_run(sess, x[:1, start:stop], states, names)
+        pieces.append(out[0])
+        states = out[1:]
+    if cfg.head == "per_frame":
+        chunked = np.concatenate(pieces, axis=1)
+        diff = float(np.abs(chunked - got[0][:1]).max())
+    else:
+        diff = float(np.abs(pieces[-1] - got[0][:1]).max())
+    for k in range(len(names)):
+        diff = max(diff, float(np.abs(states[k] - got[1 + k][:, :1]).max()))
+    figures["chunked_vs_whole"] = diff
+    return figures
+
+
+def export_package(
+    net: RecurrentNet,
+    manifest: Manifest,
+    root: Path,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    overwrite: bool = True,
+) -> Path:
+    """Export ``net`` to ``root/<name>/<version>/`` and return that folder.
+
+    The package is written to a temporary folder first and moved into place only
+    after every check passed, so a failed export never leaves a broken package in a
+    served repository.
+    """
+    net = net.eval()
+    target = root / manifest.name / manifest.version
+    with tempfile.TemporaryDirectory(prefix="lstm-export-") as tmp:
+        work = Path(tmp) / manifest.version
+        work.mkdir()
+        onnx_path = work / MODEL_FILE
+        _export_onnx(net, onnx_path)
+        sess = _session(onnx_path)
+        _check_dynamic_axes(sess)
+        figures = parity_checks(net, sess)
+        worst = max(figures.values())
+        if worst > tolerance:
+            raise ExportError(f"parity check failed: {figures} (tolerance {tolerance})")
+        provenance = manifest.provenance.model_dump()
+        provenance.update(
+            exporter=f"torch.onnx.export (dynamo=False), torch {torch.__version__}",
+            opset=OPSET,
+            parity=figures,
+        )
+        final = manifest.model_copy(update={"provenance": Provenance(**provenance)})
+        check_against_graph(final, work, sess.get_inputs(), sess.get_outputs())
+        (work / MANIFEST_FILE).write_text(
+            json.dumps(final.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+        )
+        if target.exists():
+            if not overwrite:
+                raise FileExistsError(f"{target} exists")
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(work), str(target))
+    return target
