@@ -124,7 +124,7 @@ class Provenance(_Strict):
 class Manifest(_Strict):
     """The whole manifest."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
     description: str = ""
@@ -204,13 +204,13 @@ class GraphArg(Protocol):
     """What onnxruntime's ``NodeArg`` offers: a name, a shape and a type string."""
 
     @property
-    def name(self) -> str: ...  # noqa: D102
+    def name(self) -> str: ...
 
     @property
-    def shape(self) -> Sequence[int | str | None]: ...  # noqa: D102
+    def shape(self) -> Sequence[int | str | None]: ...
 
     @property
-    def type(self) -> str: ...  # noqa: D102
+    def type(self) -> str: ...
 
 
 def _check_arg(

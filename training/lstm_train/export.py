@@ -17,16 +17,15 @@ The figures go into the manifest's ``provenance.parity``.
 from __future__ import annotations
 
 import json
-import warnings
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from lstm_serve.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -41,6 +40,7 @@ from lstm_serve.manifest import (
     StatePair,
     check_against_graph,
 )
+
 from lstm_train.model import RecurrentNet
 
 OPSET = 17
@@ -250,3 +250,22 @@ def export_package(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(work), str(target))
     return target
+
+
+def update_provenance(package: Path, **fields: Any) -> Manifest:
+    """Add ``fields`` to the provenance of an exported package's manifest, in place.
+
+    Used to record figures measured on the exported graph itself (test accuracy,
+    event F1), which only exist after export. The result is validated again.
+    """
+    from lstm_serve.manifest import load_manifest
+
+    manifest = load_manifest(package)
+    provenance = manifest.provenance.model_dump()
+    provenance.update(fields)
+    final = manifest.model_copy(update={"provenance": Provenance(**provenance)})
+    final = Manifest.model_validate(final.model_dump(mode="json"))
+    (package / MANIFEST_FILE).write_text(
+        json.dumps(final.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+    )
+    return final

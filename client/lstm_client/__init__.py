@@ -1,0 +1,5 @@
+"""Python client for lstm-serve: unary Predict, streaming, health and metadata."""
+
+from lstm_client.client import LstmClient, PredictResult, StatusError, StreamCall, StreamResult
+
+__all__ = ["LstmClient", "PredictResult", "StatusError", "StreamCall", "StreamResult"]

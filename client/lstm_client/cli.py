@@ -1,0 +1,242 @@
+"""``lstm-client``: call an lstm-serve endpoint from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lstmserve.v1 import inference_pb2 as pb
+
+from lstm_client.client import DEFAULT_TARGET, LstmClient, StatusError, event_dict
+from lstm_client.wav import WavError, read_wav
+
+DESCRIPTION = f"""\
+Call an lstm-serve endpoint.
+
+Feature input is float32 .npy/.npz:
+  [T, F] .npy          one sequence
+  [N, T, F] .npy       a batch of N equal-length sequences (predict only)
+  .npz seq_0..seq_N-1  a batch of sequences of varying length (predict only)
+
+examples:
+  lstm-client health
+  lstm-client models --json
+  lstm-client metadata har
+  lstm-client predict har --input walk.npy --json
+  lstm-client stream har --input walk.npy --chunk-frames 10
+  lstm-client stream kws --wav demo/kws_demo_1.wav --realtime
+
+--target defaults to {DEFAULT_TARGET}. With --json each command prints exactly one JSON
+document on stdout. Errors go to stderr as 'error: STATUS: message' with exit code 1.
+"""
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+def load_features(path: Path) -> tuple[list[np.ndarray], bool]:
+    """Sequences from a .npy or .npz file, and whether the file held a batch."""
+    if not path.is_file():
+        raise UsageError(f"--input: {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            keys = sorted((k for k in archive.files if k.startswith("seq_")), key=lambda k: int(k[4:]))
+            if not keys:
+                raise UsageError(f"--input: {path} holds no arrays named seq_0 ... seq_N-1")
+            seqs = [np.asarray(archive[k], dtype=np.float32) for k in keys]
+        if any(s.ndim != 2 for s in seqs):
+            raise UsageError("--input: every seq_i must be a [T, F] array")
+        return seqs, True
+    array = np.load(path)
+    if array.ndim == 2:
+        return [array.astype(np.float32)], False
+    if array.ndim == 3:
+        return [a.astype(np.float32) for a in array], True
+    raise UsageError(f"--input: expected a [T, F] or [N, T, F] array, got shape {list(array.shape)}")
+
+
+def _emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    print(json.dumps(document) if args.json else text)
+
+
+def cmd_health(client: LstmClient, args: argparse.Namespace) -> int:
+    """Print the health status of the server or one service name."""
+    status = client.health(args.service)
+    _emit(args, {"service": args.service, "status": status}, status)
+    return 0 if status == "SERVING" else 3
+
+
+def cmd_models(client: LstmClient, args: argparse.Namespace) -> int:
+    """List model versions."""
+    models = client.list_models()
+    lines = [
+        f"{m['name']:<12} {m['version']:<6} {'ready' if m['ready'] else 'BROKEN':<7} {m['input_kind']:<9} "
+        f"dim={m['feature_dim']:<4} {m['head']:<10} {'streamable' if m['streamable'] else 'whole-sequence'}"
+        + (f"  {m['error']}" if m.get("error") else "")
+        for m in models
+    ]
+    _emit(args, models, "\n".join(lines) or "(no models)")
+    return 0
+
+
+def cmd_metadata(client: LstmClient, args: argparse.Namespace) -> int:
+    """Show one model's metadata."""
+    meta = client.metadata(args.name, args.version)
+    _emit(args, meta, json.dumps(meta, indent=2))
+    return 0
+
+
+def _rows(outputs: list[np.ndarray], batched: bool) -> Any:
+    lists = [o.tolist() for o in outputs]
+    return lists if batched else lists[0]
+
+
+def cmd_predict(client: LstmClient, args: argparse.Namespace) -> int:
+    """Run Predict on a feature file."""
+    seqs, batched = load_features(Path(args.input))
+    payload: np.ndarray | list[np.ndarray] = seqs if batched else seqs[0]
+    result = client.predict(
+        args.name, payload, version=args.version, session_id=args.session_id or "", end_session=args.end_session
+    )
+    document = {"model": result.model, "version": result.version, "outputs": _rows(result.outputs, batched)}
+    if result.session_id:
+        document["session_id"] = result.session_id
+    text_lines = [f"model {result.model} version {result.version}"]
+    for i, out in enumerate(result.outputs):
+        last = out[-1] if out.ndim == 2 else out
+        rows = out.shape[0] if out.ndim == 2 else 1
+        text_lines.append(f"sequence {i}: {rows} row(s), last row argmax {int(np.argmax(last))}")
+    _emit(args, document, "\n".join(text_lines))
+    return 0
+
+
+def cmd_stream(client: LstmClient, args: argparse.Namespace) -> int:
+    """Stream a feature file in chunks, or a WAV file as audio."""
+    if (args.input is None) == (args.wav is None):
+        raise UsageError("stream: give exactly one of --input FILE.npy or --wav FILE.wav")
+    if args.wav is not None:
+        return _stream_audio(client, args)
+    seqs, batched = load_features(Path(args.input))
+    if batched:
+        raise UsageError("stream: --input must hold one [T, F] sequence")
+    frames = seqs[0]
+    step = args.chunk_frames
+    chunks = [frames[i : i + step] for i in range(0, len(frames), step)]
+    meta = client.metadata(args.name, args.version)
+    pace = step / meta["frame_rate_hz"] if args.realtime and meta["frame_rate_hz"] else 0.0
+    result = client.stream(
+        args.name, chunks, version=args.version, session_id=args.session_id or "", pace_s=pace,
+        keep_session=args.keep_session,
+    )
+    outputs = result.outputs
+    document = {
+        "model": result.model, "version": result.version, "session_id": result.session_id,
+        "outputs": outputs.tolist(), "frames": result.frames,
+    }
+    _emit(args, document, f"session {result.session_id}: {result.frames} frames in {len(chunks)} chunks, "
+          f"output shape {list(outputs.shape)}")
+    return 0
+
+
+def _stream_audio(client: LstmClient, args: argparse.Namespace) -> int:
+    try:
+        wav = read_wav(Path(args.wav))
+    except WavError as exc:
+        raise UsageError(str(exc)) from exc
+    chunks = wav.chunks(args.chunk_ms)
+    started = time.monotonic()
+
+    def show(response: pb.StreamResponse) -> None:
+        if args.json or response.WhichOneof("message") != "result":
+            return
+        for event in response.result.events:
+            if event.is_final:
+                print(f"{event.start_s:6.2f}s  {event.label:<8} {event.score:.2f}", flush=True)
+
+    result = client.stream(
+        args.name, chunks, version=args.version, audio=(wav.encoding, wav.sample_rate_hz),
+        pace_s=args.chunk_ms / 1000 if args.realtime else 0.0, on_response=show,
+    )
+    elapsed = time.monotonic() - started
+    events = [event_dict(e) for e in result.events]
+    for e in events:
+        e.pop("is_final", None)
+    document = {
+        "model": result.model, "version": result.version, "session_id": result.session_id,
+        "events": events, "frames": result.frames, "audio_seconds": round(wav.seconds, 3),
+        "elapsed_s": round(elapsed, 3),
+    }
+    summary = f"{len(events)} event(s), {result.frames} frames, {wav.seconds:.2f} s of audio in {elapsed:.2f} s"
+    _emit(args, document, summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="lstm-client", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server HOST:PORT (default {DEFAULT_TARGET})")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds (default 60)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        return p
+
+    p = add("health", "health status of the server ('' service) or of one service name, e.g. models/har")
+    p.add_argument("service", nargs="?", default="", help="health service name (default: the whole server)")
+    p.set_defaults(func=cmd_health)
+    p = add("models", "list every model version with its input kind, dimension and head")
+    p.set_defaults(func=cmd_models)
+    p = add("metadata", "everything a client needs to call one model")
+    p.add_argument("name")
+    p.add_argument("--version", default="", help="model version (default: the highest ready one)")
+    p.set_defaults(func=cmd_metadata)
+    p = add("predict", "run whole sequences through Predict")
+    p.add_argument("name")
+    p.add_argument("--input", required=True, help=".npy [T,F] or [N,T,F], or .npz with seq_0..seq_N-1")
+    p.add_argument("--version", default="")
+    p.add_argument("--session-id", help="continue (or create) this server-side session")
+    p.add_argument("--end-session", action="store_true", help="delete the session after this call")
+    p.set_defaults(func=cmd_predict)
+    p = add("stream", "stream a feature file in chunks, or a WAV file as audio, through StreamPredict")
+    p.add_argument("name")
+    p.add_argument("--input", help="a [T, F] float32 .npy of feature frames")
+    p.add_argument("--wav", help="a WAV file (mono/stereo, 8-48 kHz, 16-bit or float) for audio models")
+    p.add_argument("--chunk-frames", type=int, default=10, help="feature frames per chunk (default 10)")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="audio milliseconds per chunk (default 100)")
+    p.add_argument("--realtime", action="store_true", help="pace chunks at wall-clock speed")
+    p.add_argument("--version", default="")
+    p.add_argument("--session-id", help="resume (or create) this session")
+    p.add_argument("--keep-session", action="store_true", help="keep the session's state after the stream")
+    p.set_defaults(func=cmd_stream)
+    from lstm_client.bench import add_bench_parser
+
+    add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lstm-client`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        with LstmClient(args.target, timeout=args.timeout) as client:
+            return int(args.func(client, args))
+    except StatusError as exc:
+        print(f"error: {exc.code.name}: {exc.details}", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

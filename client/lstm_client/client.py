@@ -1,0 +1,394 @@
+"""A synchronous client for the lstm-serve gRPC API.
+
+Arrays travel as packed little-endian float32 bytes (see ``Tensor`` in the proto).
+Errors surface as :class:`StatusError`, carrying the gRPC status code name.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lstmserve.v1 import inference_pb2 as pb
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+FLOAT32 = np.dtype("<f4")
+_HEADS = {pb.HEAD_KIND_PER_FRAME: "per_frame", pb.HEAD_KIND_SEQUENCE: "sequence"}
+_TASKS = {pb.TASK_KIND_CLASSIFICATION: "classification", pb.TASK_KIND_REGRESSION: "regression"}
+_KINDS = {pb.INPUT_KIND_FEATURES: "features", pb.INPUT_KIND_AUDIO: "audio"}
+ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "float32": pb.AUDIO_ENCODING_FLOAT32}
+
+
+class StatusError(RuntimeError):
+    """A call ended with a non-OK gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> StatusError:
+        """Wrap a grpc error."""
+        return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
+
+
+def to_tensor(array: np.ndarray) -> pb.Tensor:
+    """Pack an array as a float32 Tensor."""
+    data = np.ascontiguousarray(array, dtype=FLOAT32)
+    return pb.Tensor(shape=data.shape, dtype=pb.DATA_TYPE_FLOAT32, data=data.tobytes())
+
+
+def to_array(tensor: pb.Tensor) -> np.ndarray:
+    """Unpack a float32 Tensor."""
+    return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(list(tensor.shape))
+
+
+def metadata_dict(meta: pb.ModelMetadata) -> dict[str, Any]:
+    """A JSON-ready view of ModelMetadata."""
+    out: dict[str, Any] = {
+        "name": meta.name,
+        "version": meta.version,
+        "ready": meta.ready,
+        "input_kind": _KINDS.get(meta.input_kind, "unspecified"),
+        "feature_dim": meta.feature_dim,
+        "frame_rate_hz": meta.frame_rate_hz,
+        "head": _HEADS.get(meta.head, "unspecified"),
+        "task": _TASKS.get(meta.task, "unspecified"),
+        "labels": list(meta.labels),
+        "output_dim": meta.output_dim,
+        "streamable": meta.streamable,
+        "states": [{"name": s.name, "layers": s.layers, "hidden": s.hidden} for s in meta.states],
+        "providers": list(meta.providers),
+        "versions": list(meta.versions),
+        "description": meta.description,
+        "provenance": dict(meta.provenance),
+    }
+    if meta.error:
+        out["error"] = meta.error
+    if meta.HasField("audio"):
+        a = meta.audio
+        out["audio"] = {
+            "pipeline": a.pipeline, "sample_rate_hz": a.sample_rate_hz, "window_ms": a.window_ms,
+            "hop_ms": a.hop_ms, "n_fft": a.n_fft, "n_mels": a.n_mels,
+        }
+    return out
+
+
+def event_dict(event: pb.Event) -> dict[str, Any]:
+    """A JSON-ready view of an Event."""
+    return {
+        "label": event.label,
+        "start_s": round(event.start_s, 4),
+        "end_s": round(event.end_s, 4),
+        "score": round(float(event.score), 4),
+        "is_final": event.is_final,
+    }
+
+
+@dataclass
+class PredictResult:
+    """A Predict answer: per-sequence outputs cut to their lengths."""
+
+    model: str
+    version: str
+    outputs: list[np.ndarray]
+    states: dict[str, np.ndarray] = field(default_factory=dict)
+    session_id: str = ""
+    frame_offset: int = 0
+
+
+@dataclass
+class StreamResult:
+    """Everything one stream returned."""
+
+    model: str
+    version: str
+    session_id: str
+    started: pb.Started
+    results: list[pb.Result] = field(default_factory=list)
+    final: pb.Final | None = None
+
+    @property
+    def outputs(self) -> np.ndarray:
+        """Per-frame outputs of all chunks, concatenated in order."""
+        rows = [to_array(r.outputs) for r in self.results if r.HasField("outputs") and not r.duplicate]
+        return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=FLOAT32)
+
+    @property
+    def frames(self) -> int:
+        """Feature frames the stream processed."""
+        return sum(r.frames for r in self.results)
+
+    @property
+    def events(self) -> list[pb.Event]:
+        """Final events (from ``final`` when the stream ended normally)."""
+        if self.final is not None:
+            return list(self.final.events)
+        return [e for r in self.results for e in r.events if e.is_final]
+
+
+class StreamCall:
+    """A bidirectional stream you feed message by message (for tests and tools).
+
+    Messages are queued to a request iterator that gRPC drains on its own thread,
+    so sending and receiving run concurrently.
+    """
+
+    _CLOSE = object()
+
+    def __init__(self, stub: pb_grpc.InferenceStub, timeout: float | None = None) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._call = stub.StreamPredict(self._requests(), timeout=timeout)
+
+    def _requests(self) -> Iterator[pb.StreamRequest]:
+        while True:
+            item = self._queue.get()
+            if item is self._CLOSE:
+                return
+            yield item
+
+    def send(self, request: pb.StreamRequest) -> None:
+        """Queue one request."""
+        self._queue.put(request)
+
+    def config(self, **kwargs: Any) -> None:
+        """Send a config (keyword arguments of StreamConfig)."""
+        self.send(pb.StreamRequest(config=pb.StreamConfig(**kwargs)))
+
+    def chunk(self, sequence_number: int, features: np.ndarray | None = None, audio: bytes | None = None) -> None:
+        """Send one chunk of features or audio."""
+        chunk = pb.Chunk(sequence_number=sequence_number)
+        if features is not None:
+            chunk.features.CopyFrom(to_tensor(features))
+        if audio is not None:
+            chunk.audio = audio
+        self.send(pb.StreamRequest(chunk=chunk))
+
+    def end(self, keep_session: bool = False) -> None:
+        """Send ``end``."""
+        self.send(pb.StreamRequest(end=pb.End(keep_session=keep_session)))
+
+    def close(self) -> None:
+        """Half-close: no more requests."""
+        self._queue.put(self._CLOSE)
+
+    def cancel(self) -> None:
+        """Cancel the call (as a client that goes away)."""
+        self._call.cancel()
+
+    def recv(self) -> pb.StreamResponse:
+        """The next response; raises :class:`StatusError` when the stream failed."""
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            raise StatusError.from_rpc(exc) from None
+
+    def responses(self) -> Iterator[pb.StreamResponse]:
+        """The remaining responses."""
+        try:
+            yield from self._call
+        except grpc.RpcError as exc:
+            raise StatusError.from_rpc(exc) from None
+
+
+class LstmClient:
+    """Client for one lstm-serve endpoint."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0, max_message_bytes: int = 64 << 20):
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb_grpc.InferenceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> LstmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout if timeout is not None else self.timeout)
+        except grpc.RpcError as exc:
+            raise StatusError.from_rpc(exc) from None
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The health status name (``SERVING``, ``NOT_SERVING``, …) of ``service``."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_ready(self, timeout: float = 30.0, service: str = "") -> None:
+        """Block until the health service reports SERVING, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError(f"{self.target} not reachable within {timeout:g} s") from None
+        while True:
+            try:
+                if self.health(service, timeout=max(0.1, deadline - time.monotonic())) == "SERVING":
+                    return
+            except StatusError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.target} not SERVING within {timeout:g} s")
+            time.sleep(0.05)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Metadata of every model version."""
+        return [metadata_dict(m) for m in self._call(self.stub.ListModels, pb.ListModelsRequest()).models]
+
+    def metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        """Metadata of one model version."""
+        request = pb.GetModelMetadataRequest(model=pb.ModelRef(name=name, version=version))
+        return metadata_dict(self._call(self.stub.GetModelMetadata, request))
+
+    def predict(
+        self,
+        name: str,
+        sequences: np.ndarray | Sequence[np.ndarray],
+        *,
+        version: str = "",
+        session_id: str = "",
+        must_exist: bool = False,
+        end_session: bool = False,
+        return_state: bool = False,
+        initial_states: dict[str, np.ndarray] | None = None,
+        timeout: float | None = None,
+    ) -> PredictResult:
+        """Predict one sequence (``[T, F]`` array) or a batch (``[N, T, F]`` or a list).
+
+        A list of arrays of different lengths is padded and sent with per-sequence
+        lengths. Outputs come back one per sequence, cut to its length.
+        """
+        request = pb.PredictRequest(
+            model=pb.ModelRef(name=name, version=version),
+            session_id=session_id,
+            must_exist=must_exist,
+            end_session=end_session,
+            return_state=return_state,
+        )
+        if isinstance(sequences, np.ndarray):
+            request.features.CopyFrom(to_tensor(sequences))
+        else:
+            seqs = [np.asarray(s, dtype=FLOAT32) for s in sequences]
+            longest = max(s.shape[0] for s in seqs)
+            padded = np.zeros((len(seqs), longest, seqs[0].shape[1]), dtype=FLOAT32)
+            for i, s in enumerate(seqs):
+                padded[i, : s.shape[0]] = s
+            request.features.CopyFrom(to_tensor(padded))
+            request.lengths.extend(s.shape[0] for s in seqs)
+        for state_name, value in (initial_states or {}).items():
+            request.initial_states.append(pb.NamedTensor(name=state_name, tensor=to_tensor(value)))
+        response = self._call(self.stub.Predict, request, timeout)
+        out = to_array(response.outputs)
+        batched = isinstance(sequences, list | tuple) or (isinstance(sequences, np.ndarray) and sequences.ndim == 3)
+        rows = list(out) if batched else [out]
+        if len(rows) and rows[0].ndim == 2:
+            rows = [r[:length] for r, length in zip(rows, response.lengths, strict=True)]
+        return PredictResult(
+            model=response.model.name,
+            version=response.model.version,
+            outputs=rows,
+            states={s.name: to_array(s.tensor) for s in response.states},
+            session_id=response.session_id,
+            frame_offset=response.frame_offset,
+        )
+
+    def open_stream(self, timeout: float | None = None) -> StreamCall:
+        """A raw bidirectional stream; see :class:`StreamCall`."""
+        return StreamCall(self.stub, timeout=timeout)
+
+    def stream(
+        self,
+        name: str,
+        chunks: Iterable[np.ndarray | bytes],
+        *,
+        version: str = "",
+        session_id: str = "",
+        must_exist: bool = False,
+        audio: tuple[str, int] | None = None,
+        frame_outputs: bool | None = None,
+        keep_session: bool = False,
+        return_state: bool = False,
+        first_sequence_number: int = 0,
+        pace_s: float = 0.0,
+        on_response: Any = None,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        """Stream feature chunks (arrays) or audio chunks (bytes) and collect results.
+
+        ``audio`` is ``(encoding, sample_rate_hz)`` for audio streams. ``pace_s`` > 0
+        waits that long between chunks (real-time pacing) while responses are
+        received concurrently; ``on_response`` is called with each response as it
+        arrives.
+        """
+        config = pb.StreamConfig(
+            model=pb.ModelRef(name=name, version=version), session_id=session_id, must_exist=must_exist
+        )
+        if audio is not None:
+            config.input_kind = pb.INPUT_KIND_AUDIO
+            config.audio.CopyFrom(pb.AudioFormat(encoding=ENCODINGS[audio[0]], sample_rate_hz=audio[1]))
+        if frame_outputs is not None:
+            config.output.frame_outputs = frame_outputs
+        config.output.return_state = return_state
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield pb.StreamRequest(config=config)
+            next_due = time.monotonic()
+            for seq, chunk in enumerate(chunks, start=first_sequence_number):
+                if pace_s > 0:
+                    delay = next_due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    next_due += pace_s
+                msg = pb.Chunk(sequence_number=seq)
+                if isinstance(chunk, bytes):
+                    msg.audio = chunk
+                else:
+                    msg.features.CopyFrom(to_tensor(chunk))
+                yield pb.StreamRequest(chunk=msg)
+            yield pb.StreamRequest(end=pb.End(keep_session=keep_session))
+
+        result: StreamResult | None = None
+        try:
+            for response in self.stub.StreamPredict(requests(), timeout=timeout):
+                if on_response is not None:
+                    on_response(response)
+                kind = response.WhichOneof("message")
+                if kind == "started":
+                    result = StreamResult(
+                        response.started.model.name, response.started.model.version,
+                        response.started.session_id, response.started,
+                    )
+                elif kind == "result":
+                    assert result is not None
+                    result.results.append(response.result)
+                elif kind == "final":
+                    assert result is not None
+                    result.final = response.final
+        except grpc.RpcError as exc:
+            raise StatusError.from_rpc(exc) from None
+        if result is None:
+            raise StatusError(grpc.StatusCode.UNKNOWN, "stream closed before it started")
+        return result
+

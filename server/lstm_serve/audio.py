@@ -1,0 +1,79 @@
+"""The server's audio front-end for one stream: decode, resample, extract features.
+
+It chains :class:`lstm_serve.features.PcmDecoder`, an optional
+:class:`lstm_serve.features.StreamingResampler` and
+:class:`lstm_serve.features.StreamingLogMel`, which carry their leftovers between
+chunks, so any chunking of the same audio (including odd byte splits of PCM16) gives
+the same feature frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lstm_serve.domain import AudioFormat
+from lstm_serve.errors import InvalidInput
+from lstm_serve.features import PcmDecoder, StreamingLogMel, StreamingResampler
+from lstm_serve.manifest import LogMelFrontend
+
+MAX_SAMPLE_RATE_HZ = 192_000
+BYTES_PER_SAMPLE = {"pcm16": 2, "float32": 4}
+
+
+def check_audio_format(fmt: AudioFormat | None) -> AudioFormat:
+    """Validate a stream's declared audio format."""
+    if fmt is None:
+        raise InvalidInput(
+            "config.audio: required for audio input; set encoding (PCM16 or FLOAT32) and "
+            "sample_rate_hz"
+        )
+    if fmt.encoding not in BYTES_PER_SAMPLE:
+        raise InvalidInput(
+            f"config.audio.encoding: unsupported encoding '{fmt.encoding}'; expected PCM16 or FLOAT32"
+        )
+    if not 0 < fmt.sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise InvalidInput(
+            f"config.audio.sample_rate_hz: {fmt.sample_rate_hz} is out of range; expected 1 to "
+            f"{MAX_SAMPLE_RATE_HZ}"
+        )
+    return fmt
+
+
+class AudioFrontend:
+    """Streaming bytes-to-features for one session."""
+
+    def __init__(self, frontend: LogMelFrontend, fmt: AudioFormat) -> None:
+        self.format = fmt
+        self._decoder = PcmDecoder(fmt.encoding)
+        self._resampler = (
+            StreamingResampler(fmt.sample_rate_hz, frontend.sample_rate_hz)
+            if fmt.sample_rate_hz != frontend.sample_rate_hz
+            else None
+        )
+        self._logmel = StreamingLogMel(frontend)
+        self.bytes_per_second = BYTES_PER_SAMPLE[fmt.encoding] * fmt.sample_rate_hz
+
+    def seconds(self, data: bytes) -> float:
+        """Duration of ``data`` in this stream's format."""
+        return len(data) / self.bytes_per_second
+
+    def accept(self, data: bytes) -> np.ndarray:
+        """Feature frames completed by ``data`` (possibly none)."""
+        samples = self._decoder.accept(data)
+        if self._resampler is not None:
+            samples = self._resampler.accept(samples)
+        return self._logmel.accept(samples)
+
+    def flush(self) -> np.ndarray:
+        """The frames still buffered at the end of the stream."""
+        if self._decoder.pending_bytes:
+            raise InvalidInput(
+                f"chunk.audio: the PCM16 stream ended with {self._decoder.pending_bytes} stray "
+                "byte(s); the total audio length must be a whole number of samples"
+            )
+        samples = self._resampler.flush() if self._resampler is not None else np.zeros(0, np.float32)
+        frames = self._logmel.accept(samples) if samples.size else np.zeros((0, 0), np.float32)
+        tail = self._logmel.flush()
+        if frames.size == 0:
+            return tail
+        return np.concatenate([frames, tail]) if tail.size else frames

@@ -1,0 +1,183 @@
+"""Cross-session dynamic batching.
+
+Each model version has one :class:`Batcher`. Callers submit *steps*: one sequence's
+frames ``[time, feature_dim]`` plus its recurrent states (each ``[layers, 1, hidden]``).
+The batcher collects pending steps up to ``max_batch_size``, waiting at most
+``max_delay`` counted from the first step, groups them by length (steps of different
+lengths never share a call, so no padding ever touches a state), stacks each group
+along the batch axis, and runs one onnxruntime call per group on the executor thread.
+Results are split back and each waiter's future resolved.
+
+While a batch runs, new steps queue up, so batches grow with load on their own: at
+low load a step runs at once, at high load many sessions share each call.
+
+- The queue is bounded: a full queue refuses new steps with :class:`Overloaded`.
+- There is no polling: the loop sleeps on the queue and on the delay timer only.
+- When a call fails, every waiter of that batch gets the error.
+- With batching disabled (``max_batch_size=1``) every step runs alone: the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_serve.errors import Draining, Overloaded
+from lstm_serve.metrics import Metrics
+from lstm_serve.runtime import STATE_BATCH_AXIS, ModelRuntime
+
+log = logging.getLogger(__name__)
+
+StepResult = tuple[np.ndarray, list[np.ndarray]]
+
+
+@dataclass(slots=True)
+class _Step:
+    x: np.ndarray
+    states: list[np.ndarray]
+    future: asyncio.Future[StepResult]
+    enqueued: float
+
+
+class Batcher:
+    """Batches the steps of many sessions of one model version."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+    ) -> None:
+        self.runtime = runtime
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._executor = executor
+        self._queue: asyncio.Queue[_Step] = asyncio.Queue(maxsize=max_queue)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        name, version = runtime.manifest.name, runtime.manifest.version
+        self._queue_wait = metrics.queue_wait.labels(name, version)
+        self._compute = metrics.compute.labels(name, version)
+        self._batch_size = metrics.batch_size.labels(name, version)
+        self._frames = metrics.frames.labels(name, version)
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"batcher-{self.runtime.manifest.name}"
+            )
+
+    async def close(self) -> None:
+        """Stop the loop and fail every step still waiting."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            step = self._queue.get_nowait()
+            if not step.future.done():
+                step.future.set_exception(Draining("server is shutting down"))
+
+    async def submit(self, x: np.ndarray, states: list[np.ndarray]) -> StepResult:
+        """Run one step: ``x`` is ``[time, feature_dim]``; states are ``[layers, 1, hidden]``.
+
+        Returns the step's outputs (without the batch axis) and its new states (with a
+        batch axis of 1).
+        """
+        if self._closed:
+            raise Draining("server is shutting down; retry on another replica")
+        loop = asyncio.get_running_loop()
+        step = _Step(x, states, loop.create_future(), time.perf_counter())
+        try:
+            self._queue.put_nowait(step)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"model '{self.runtime.manifest.name}': batch queue is full ({self.max_queue} "
+                "steps waiting; LSTM_SERVE_BATCHING__MAX_QUEUE). Retry with backoff or add "
+                "replicas."
+            ) from None
+        return await step.future
+
+    async def _collect(self, first: _Step) -> list[_Step]:
+        batch = [first]
+        deadline = first.enqueued + self.max_delay_s
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [s for s in await self._collect(first) if not s.future.done()]
+            if not batch:
+                continue
+            groups: dict[int, list[_Step]] = defaultdict(list)
+            for step in batch:
+                groups[step.x.shape[0]].append(step)
+            for group in groups.values():
+                try:
+                    started = time.perf_counter()
+                    for step in group:
+                        self._queue_wait.observe(started - step.enqueued)
+                    outputs, states = await loop.run_in_executor(
+                        self._executor, self._run_group, group
+                    )
+                except asyncio.CancelledError:
+                    for step in group:
+                        if not step.future.done():
+                            step.future.set_exception(Draining("server is shutting down"))
+                    raise
+                except Exception as exc:
+                    log.exception("batch of %d failed", len(group))
+                    for step in group:
+                        if not step.future.done():
+                            step.future.set_exception(exc)
+                    continue
+                for i, step in enumerate(group):
+                    if not step.future.done():
+                        step.future.set_result(
+                            (outputs[i], [s[:, i : i + 1] for s in states])
+                        )
+
+    def _run_group(self, group: list[_Step]) -> StepResult:
+        """Stack, run and time one same-length group (on the executor thread)."""
+        if len(group) == 1:
+            x = group[0].x[np.newaxis]
+            states = group[0].states
+        else:
+            x = np.stack([s.x for s in group])
+            states = [
+                np.concatenate([s.states[k] for s in group], axis=STATE_BATCH_AXIS)
+                for k in range(len(group[0].states))
+            ]
+        started = time.perf_counter()
+        outputs, new_states = self.runtime.run(x, states)
+        self._compute.observe(time.perf_counter() - started)
+        self._batch_size.observe(len(group))
+        self._frames.inc(x.shape[0] * x.shape[1])
+        return outputs, new_states

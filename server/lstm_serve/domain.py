@@ -1,0 +1,124 @@
+"""Transport-free request and result types.
+
+The transport layer (:mod:`lstm_serve.transport.convert`) turns protobuf messages into
+these and back; everything below it works on these types and numpy arrays only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from lstm_serve.events import Event
+
+InputKind = Literal["features", "audio"]
+AudioEncoding = Literal["pcm16", "float32"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model name and an optional version ("" means the highest ready one)."""
+
+    name: str
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class PredictInput:
+    """A unary Predict call.
+
+    ``sequences`` holds one ``[frames, feature_dim]`` array per sequence, already cut
+    to its length. ``batched`` records whether the request had a batch axis, so the
+    response can mirror it.
+    """
+
+    model: ModelRef
+    sequences: list[np.ndarray]
+    batched: bool
+    session_id: str = ""
+    must_exist: bool = False
+    end_session: bool = False
+    return_state: bool = False
+    initial_states: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictOutput:
+    """The result of a Predict call: one output array per sequence."""
+
+    model: ModelRef
+    head: Literal["per_frame", "sequence"]
+    outputs: list[np.ndarray]
+    batched: bool
+    states: dict[str, np.ndarray] = field(default_factory=dict)
+    session_id: str = ""
+    frame_offset: int = 0
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """Encoding and sample rate of a stream's audio chunks."""
+
+    encoding: AudioEncoding
+    sample_rate_hz: int
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The first message of a stream."""
+
+    model: ModelRef
+    session_id: str = ""
+    must_exist: bool = False
+    input_kind: InputKind | None = None
+    audio: AudioFormat | None = None
+    frame_outputs: bool | None = None
+    events: bool | None = None
+    return_state: bool = False
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    """The answer to a stream's config."""
+
+    session_id: str
+    model: ModelRef
+    frame_rate_hz: float
+    next_sequence_number: int
+    frame_offset: int
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of stream input: feature frames or audio bytes."""
+
+    sequence_number: int
+    features: np.ndarray | None = None
+    audio: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """The answer to one chunk."""
+
+    sequence_number: int
+    frame_offset: int
+    frames: int
+    outputs: np.ndarray | None = None
+    events: list[Event] = field(default_factory=list)
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class StreamFinal:
+    """The answer to a stream's ``end``."""
+
+    session_id: str
+    frames: int
+    chunks: int
+    events: list[Event] = field(default_factory=list)
+    states: dict[str, np.ndarray] = field(default_factory=dict)
+    audio_seconds: float = 0.0

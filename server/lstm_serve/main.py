@@ -1,0 +1,137 @@
+"""``lstm-serve``: the server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from lstm_serve import __version__
+from lstm_serve.providers import ProviderError
+from lstm_serve.server import LstmServer
+from lstm_serve.settings import Settings
+
+DESCRIPTION = """\
+Serve recurrent sequence models (LSTM, GRU) over gRPC with per-session state.
+
+Every model package under --models (<name>/<version>/{model.onnx,manifest.json}) is
+loaded at start; a broken package is reported and marked NOT_SERVING while the rest
+serve. Every option can also be set with an environment variable; flags win.
+
+examples:
+  lstm-serve                                   # bundled models on :50051, metrics on :9090
+  lstm-serve --models ./models --port 6000
+  lstm-serve --no-batching                     # the baseline for benchmarks
+  LSTM_SERVE_SESSIONS__TTL_S=60 lstm-serve     # expire idle sessions after a minute
+  lstm-serve --print-settings                  # the effective settings as JSON
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each flag names its environment variable."""
+    p = argparse.ArgumentParser(
+        prog="lstm-serve",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", help="bind address [LSTM_SERVE_SERVER__HOST, default 0.0.0.0]")
+    p.add_argument("--port", type=int, help="gRPC port, 0 = any free [LSTM_SERVE_SERVER__PORT, default 50051]")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port [LSTM_SERVE_METRICS__PORT, default 9090]")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics [LSTM_SERVE_METRICS__ENABLED]")
+    p.add_argument("--models", help="model repository folder [LSTM_SERVE_SERVER__MODELS_DIR, default models]")
+    p.add_argument(
+        "--providers",
+        help="'auto' or a comma list, e.g. CUDAExecutionProvider,CPUExecutionProvider "
+        "[LSTM_SERVE_PROVIDERS__PROVIDERS, default auto]",
+    )
+    p.add_argument("--no-batching", action="store_true", help="run every step alone [LSTM_SERVE_BATCHING__ENABLED]")
+    p.add_argument("--max-batch-size", type=int, help="[LSTM_SERVE_BATCHING__MAX_BATCH_SIZE, default 64]")
+    p.add_argument("--max-delay-ms", type=float, help="[LSTM_SERVE_BATCHING__MAX_DELAY_MS, default 2]")
+    p.add_argument(
+        "--session-ttl",
+        type=float,
+        help="idle seconds before a detached session expires [LSTM_SERVE_SESSIONS__TTL_S, default 300]",
+    )
+    p.add_argument("--max-sessions", type=int, help="session cap [LSTM_SERVE_SESSIONS__MAX_SESSIONS, default 10000]")
+    p.add_argument("--grace", type=float, help="drain grace, seconds [LSTM_SERVE_SERVER__GRACE_PERIOD_S, default 10]")
+    p.add_argument("--log-level", help="[LSTM_SERVE_SERVER__LOG_LEVEL, default INFO]")
+    p.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
+    p.add_argument("--version", action="version", version=f"lstm-serve {__version__}")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment settings with the flags given on the command line on top."""
+    base = Settings().model_dump()
+    overrides: dict[tuple[str, str], Any] = {
+        ("server", "host"): args.host,
+        ("server", "port"): args.port,
+        ("server", "models_dir"): args.models,
+        ("server", "grace_period_s"): args.grace,
+        ("server", "log_level"): args.log_level,
+        ("metrics", "port"): args.metrics_port,
+        ("metrics", "enabled"): False if args.no_metrics else None,
+        ("providers", "providers"): args.providers.split(",") if args.providers else None,
+        ("batching", "enabled"): False if args.no_batching else None,
+        ("batching", "max_batch_size"): args.max_batch_size,
+        ("batching", "max_delay_ms"): args.max_delay_ms,
+        ("sessions", "ttl_s"): args.session_ttl,
+        ("sessions", "max_sessions"): args.max_sessions,
+    }
+    for (group, field), value in overrides.items():
+        if value is not None:
+            base[group][field] = value
+    return Settings.model_validate(base)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    server = LstmServer(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if not stopping:
+            logging.getLogger("lstm_serve").info("received %s", signal.Signals(signum).name)
+            stopping.append(loop.create_task(server.stop()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.wait_stopped()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lstm-serve`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"lstm-serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    if args.print_settings:
+        print(json.dumps(settings.model_dump(), indent=2))
+        return 0
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except ProviderError as exc:
+        print(f"lstm-serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"lstm-serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

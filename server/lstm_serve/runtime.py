@@ -1,0 +1,67 @@
+"""A stateless onnxruntime wrapper for one model version.
+
+The runtime holds no per-session data: callers pass the recurrent states in and get
+the new states back (stacked along the batch axis, axis 1), so many sessions can share
+one call. It is only ever called from the batcher's executor thread, never from the
+event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from lstm_serve.manifest import MODEL_FILE, Manifest, check_against_graph
+
+log = logging.getLogger(__name__)
+
+STATE_BATCH_AXIS = 1
+
+
+class ModelRuntime:
+    """One loaded ONNX graph plus its manifest."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        package_dir: Path,
+        providers: list[str],
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.log_severity_level = 3
+        self.manifest = manifest
+        self.package_dir = package_dir
+        self._session = ort.InferenceSession(
+            str(package_dir / MODEL_FILE), options, providers=providers
+        )
+        check_against_graph(
+            manifest, package_dir, self._session.get_inputs(), self._session.get_outputs()
+        )
+        self.providers: list[str] = list(self._session.get_providers())
+        self._state_inputs = [s.input for s in manifest.states]
+        self._output_names = [manifest.output.name, *(s.output for s in manifest.states)]
+
+    def zero_states(self, batch: int = 1) -> list[np.ndarray]:
+        """Zero states for ``batch`` sequences, in manifest order."""
+        return [
+            np.zeros((s.layers, batch, s.hidden), dtype=np.float32) for s in self.manifest.states
+        ]
+
+    def run(
+        self, x: np.ndarray, states: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run ``x`` (``[batch, time, feature_dim]``) from ``states``.
+
+        Returns the outputs and the new states, in manifest order.
+        """
+        feeds = {self.manifest.input.name: x}
+        feeds.update(zip(self._state_inputs, states, strict=True))
+        results = self._session.run(self._output_names, feeds)
+        return np.asarray(results[0]), [np.asarray(r) for r in results[1:]]

@@ -1,0 +1,126 @@
+"""Assembles and runs one server: repository, service, gRPC, health, reflection, metrics.
+
+Shutdown follows grpc's graceful-shutdown example: health goes NOT_SERVING, new
+sessions and calls are refused with UNAVAILABLE, in-flight RPCs get
+``grace_period_s`` to finish, then the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from lstmserve.v1 import inference_pb2
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
+
+from lstm_serve import __version__
+from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
+from lstm_serve.providers import choose_providers
+from lstm_serve.repository import ModelRepository
+from lstm_serve.service import InferenceService
+from lstm_serve.settings import Settings
+from lstm_serve.transport.interceptor import ErrorInterceptor
+from lstm_serve.transport.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class LstmServer:
+    """One running lstm-serve instance."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.service: InferenceService | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load the models and start serving."""
+        s = self.settings
+        providers = choose_providers(s.providers.providers)
+        log.info("execution providers: %s", providers)
+        repository = await asyncio.to_thread(
+            ModelRepository.load,
+            Path(s.server.models_dir),
+            providers,
+            s.providers.intra_op_threads,
+            s.providers.inter_op_threads,
+        )
+        self.metrics.build.info({"version": __version__})
+        for entry in repository:
+            self.metrics.model_ready.labels(entry.name, entry.version).set(1 if entry.ready else 0)
+            if entry.runtime is not None:
+                self.metrics.providers.labels(entry.name, entry.version).info(
+                    {"providers": ",".join(entry.runtime.providers)}
+                )
+        self.service = InferenceService(repository, s, self.metrics)
+        await self.service.start()
+        options = [
+            ("grpc.max_receive_message_length", s.server.max_message_bytes),
+            ("grpc.max_send_message_length", max(s.server.max_message_bytes, 64 * 1024 * 1024)),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)], options=options)
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(self.service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {s.server.host}:{s.server.port}")
+        if s.metrics.enabled:
+            self._metrics_endpoint = serve_metrics(self.metrics, s.metrics.host, s.metrics.port)
+            self.metrics_port = self._metrics_endpoint.port
+        await server.start()
+        self._server = server
+        await self._set_health(repository)
+        log.info(
+            "serving %d model version(s) on %s:%d (metrics on :%d)",
+            sum(1 for e in repository if e.ready), s.server.host, self.port, self.metrics_port,
+        )
+
+    async def _set_health(self, repository: ModelRepository) -> None:
+        for name in repository.entries:
+            serving = any(e.ready for e in repository.entries[name].values())
+            await self._health.set(f"models/{name}", SERVING if serving else NOT_SERVING)
+        for entry in repository:
+            for health_name in entry.health_names:
+                await self._health.set(health_name, SERVING if entry.ready else NOT_SERVING)
+        await self._health.set(SERVICE_NAME, SERVING)
+        await self._health.set("", SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, refuse new work, let in-flight work finish."""
+        if self._server is None or self.service is None:
+            return
+        grace = self.settings.server.grace_period_s if grace is None else grace
+        log.info("draining: health NOT_SERVING, grace period %.1f s", grace)
+        await self._health.enter_graceful_shutdown()
+        self.service.begin_drain()
+        await self._server.stop(grace)
+        await self.service.close()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+        self._server = None
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`stop` has finished."""
+        await self._stopped.wait()

@@ -1,0 +1,531 @@
+"""The inference service: the domain logic behind every RPC, free of gRPC.
+
+:class:`InferenceService` validates requests against the model's manifest, finds or
+creates sessions, sends steps through the model's :class:`~lstm_serve.batching.Batcher`
+and assembles results. :meth:`InferenceService.stream` runs the StreamPredict state
+machine documented in ``protos/lstmserve/v1/inference.proto``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_serve.audio import AudioFrontend, check_audio_format
+from lstm_serve.batching import Batcher
+from lstm_serve.domain import (
+    Chunk,
+    ChunkResult,
+    ModelRef,
+    PredictInput,
+    PredictOutput,
+    StreamConfig,
+    StreamFinal,
+    StreamStarted,
+)
+from lstm_serve.errors import (
+    DeadlineExceeded,
+    Draining,
+    InvalidInput,
+    Overloaded,
+    PreconditionFailed,
+)
+from lstm_serve.events import Event, KeywordSpotter
+from lstm_serve.manifest import LogMelFrontend, Manifest
+from lstm_serve.metrics import Metrics
+from lstm_serve.repository import ModelEntry, ModelRepository
+from lstm_serve.runtime import ModelRuntime
+from lstm_serve.sessions import InMemorySessionStore, Session, SessionManager
+from lstm_serve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REALTIME_ALLOWANCE_S = 2.0
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The client's ``end`` message."""
+
+    keep_session: bool = False
+
+
+StreamMessage = StreamConfig | Chunk | StreamEnd
+StreamReply = StreamStarted | ChunkResult | StreamFinal
+
+
+def check_frames(frames: np.ndarray, manifest: Manifest, field: str, max_frames: int) -> None:
+    """Validate a ``[frames, feature_dim]`` array against the manifest."""
+    if frames.ndim != 2:
+        raise InvalidInput(f"{field}: expected shape [frames, {manifest.input.feature_dim}], got {list(frames.shape)}")
+    if frames.shape[1] != manifest.input.feature_dim:
+        raise InvalidInput(
+            f"{field}: model '{manifest.name}' expects feature_dim {manifest.input.feature_dim}, "
+            f"got {frames.shape[1]}"
+        )
+    if frames.shape[0] == 0:
+        raise InvalidInput(f"{field}: empty; send at least one frame")
+    if frames.shape[0] > max_frames:
+        raise Overloaded(
+            f"{field}: {frames.shape[0]} frames exceed the limit of {max_frames} per chunk or "
+            "sequence (LSTM_SERVE_SESSIONS__MAX_CHUNK_FRAMES); split it"
+        )
+    if not np.isfinite(frames).all():
+        bad = np.argwhere(~np.isfinite(frames))[0]
+        raise InvalidInput(f"{field}: non-finite value (NaN or Inf) at frame {bad[0]}, feature {bad[1]}")
+
+
+class InferenceService:
+    """Domain operations behind the gRPC API."""
+
+    def __init__(self, repository: ModelRepository, settings: Settings, metrics: Metrics) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self.store = InMemorySessionStore(settings.sessions.ttl_s, settings.sessions.max_sessions, metrics)
+        self.sessions = SessionManager(self.store, metrics)
+        self.draining = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the batchers and the session reaper on the running loop."""
+        batching = self.settings.batching
+        for entry in self.repository:
+            if entry.runtime is None:
+                continue
+            enabled = batching.enabled and entry.name not in batching.disabled_models
+            batcher = Batcher(
+                entry.runtime,
+                self._executor,
+                self.metrics,
+                max_batch_size=batching.max_batch_size if enabled else 1,
+                max_delay_s=batching.max_delay_ms / 1000 if enabled else 0.0,
+                max_queue=batching.max_queue,
+            )
+            batcher.start()
+            self._batchers[(entry.name, entry.version)] = batcher
+        self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
+
+    def begin_drain(self) -> None:
+        """Refuse new sessions and calls from now on; in-flight work continues."""
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight, at most ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the reaper and batchers and drop all sessions."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self.store.evict_all()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sessions.reap_interval_s)
+            expired = self.store.expire(time.monotonic())
+            if expired:
+                log.info("expired %d idle session(s)", len(expired))
+
+    def _enter(self) -> None:
+        if self.draining:
+            self.metrics.sessions_rejected.labels("draining").inc()
+            raise Draining("server is draining (shutting down); retry on another replica")
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    # ---- models --------------------------------------------------------------------
+    def list_models(self) -> list[ModelEntry]:
+        """Every model version, ready or not."""
+        return list(self.repository)
+
+    def model(self, ref: ModelRef) -> ModelEntry:
+        """One model version (ready or not); NOT_FOUND when unknown."""
+        return self.repository.find(ref.name, ref.version)
+
+    def _runtime(self, ref: ModelRef) -> tuple[ModelRuntime, Batcher]:
+        entry, runtime = self.repository.resolve(ref.name, ref.version)
+        return runtime, self._batchers[(entry.name, entry.version)]
+
+    # ---- Predict -------------------------------------------------------------------
+    async def predict(self, request: PredictInput) -> PredictOutput:
+        """Run whole sequences, optionally continuing a session."""
+        self._enter()
+        try:
+            return await self._predict(request)
+        finally:
+            self._leave()
+
+    async def _predict(self, request: PredictInput) -> PredictOutput:
+        runtime, batcher = self._runtime(request.model)
+        manifest = runtime.manifest
+        ref = ModelRef(manifest.name, manifest.version)
+        if manifest.input_kind == "audio":
+            raise PreconditionFailed(
+                f"model '{manifest.name}' takes audio; send it with StreamPredict "
+                "(config.input_kind AUDIO)"
+            )
+        if not request.sequences:
+            raise InvalidInput("features: no sequences; send [frames, feature_dim] or [batch, frames, feature_dim]")
+        max_frames = self.settings.sessions.max_chunk_frames
+        for i, seq in enumerate(request.sequences):
+            field = f"features[{i}]" if request.batched else "features"
+            check_frames(seq, manifest, field, max_frames)
+        if request.session_id:
+            return await self._predict_session(request, runtime, batcher, ref)
+        states = self._initial_states(request, runtime)
+        results = await asyncio.gather(
+            *(
+                batcher.submit(seq, [s[:, i : i + 1] for s in states])
+                for i, seq in enumerate(request.sequences)
+            )
+        )
+        outputs = [r[0] for r in results]
+        final_states = {}
+        if request.return_state:
+            for k, spec in enumerate(manifest.states):
+                final_states[spec.name] = np.concatenate([r[1][k] for r in results], axis=1)
+        return PredictOutput(ref, manifest.output.head, outputs, request.batched, final_states)
+
+    def _initial_states(self, request: PredictInput, runtime: ModelRuntime) -> list[np.ndarray]:
+        batch = len(request.sequences)
+        zeros = runtime.zero_states(batch)
+        if not request.initial_states:
+            return zeros
+        specs = runtime.manifest.states
+        unknown = sorted(set(request.initial_states) - {s.name for s in specs})
+        if unknown:
+            raise InvalidInput(
+                f"initial_states: unknown state(s) {unknown}; model states are {[s.name for s in specs]}"
+            )
+        states = []
+        for spec, zero in zip(specs, zeros, strict=True):
+            given = request.initial_states.get(spec.name)
+            if given is None:
+                states.append(zero)
+                continue
+            if given.shape != zero.shape:
+                raise InvalidInput(
+                    f"initial_states['{spec.name}']: expected shape {list(zero.shape)} "
+                    f"[layers, batch, hidden], got {list(given.shape)}"
+                )
+            if not np.isfinite(given).all():
+                raise InvalidInput(f"initial_states['{spec.name}']: contains NaN or Inf")
+            states.append(np.ascontiguousarray(given, dtype=np.float32))
+        return states
+
+    async def _predict_session(
+        self, request: PredictInput, runtime: ModelRuntime, batcher: Batcher, ref: ModelRef
+    ) -> PredictOutput:
+        manifest = runtime.manifest
+        if len(request.sequences) != 1:
+            raise InvalidInput(
+                f"session_id: a session continues one sequence; got a batch of {len(request.sequences)}"
+            )
+        if request.initial_states:
+            raise InvalidInput("initial_states: not allowed with session_id; the session holds the state")
+        if not manifest.causal:
+            raise PreconditionFailed(
+                f"session_id: model '{manifest.name}' is not causal (bidirectional); it serves "
+                "whole sequences only, without sessions"
+            )
+        session, _ = self.sessions.acquire(
+            request.session_id, ref, request.model.version, runtime.zero_states(1),
+            must_exist=request.must_exist, stream=False,
+        )
+        try:
+            async with session.lock:
+                offset = session.frames
+                output, states = await batcher.submit(request.sequences[0], session.states)
+                session.states = states
+                session.frames += request.sequences[0].shape[0]
+                final_states = (
+                    {s.name: st for s, st in zip(manifest.states, states, strict=True)}
+                    if request.return_state
+                    else {}
+                )
+        finally:
+            self.sessions.release(session, delete=request.end_session)
+        return PredictOutput(
+            ref, manifest.output.head, [output], request.batched, final_states, session.id, offset
+        )
+
+    # ---- StreamPredict -------------------------------------------------------------
+    async def stream(self, messages: AsyncIterator[StreamMessage]) -> AsyncIterator[StreamReply]:
+        """Run one StreamPredict stream: config, chunks, end (see the proto)."""
+        iterator = messages.__aiter__()
+        first = await self._next_message(iterator)
+        if first is None:
+            return
+        if not isinstance(first, StreamConfig):
+            raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
+        self._enter()
+        try:
+            stream = self._open_stream(first)
+            try:
+                yield stream.started
+                while True:
+                    message = await self._next_message(iterator)
+                    if message is None:
+                        return
+                    if isinstance(message, StreamConfig):
+                        raise InvalidInput("config: sent twice; config must be the first message only")
+                    if isinstance(message, StreamEnd):
+                        yield await stream.end(message.keep_session)
+                        if await self._next_message(iterator) is not None:
+                            raise InvalidInput("a message arrived after end; end must be the last message")
+                        return
+                    yield await stream.process(message, time.perf_counter())
+            finally:
+                stream.close()
+        finally:
+            self._leave()
+
+    async def _next_message(self, iterator: AsyncIterator[StreamMessage]) -> StreamMessage | None:
+        timeout = self.settings.sessions.stream_idle_timeout_s
+        try:
+            if timeout > 0:
+                return await asyncio.wait_for(anext(iterator), timeout)
+            return await anext(iterator)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"stream idle for {timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
+                "session state is kept for resume until its TTL"
+            ) from None
+
+    def _open_stream(self, config: StreamConfig) -> _Stream:
+        runtime, batcher = self._runtime(config.model)
+        manifest = runtime.manifest
+        if not manifest.causal:
+            raise PreconditionFailed(
+                f"model '{manifest.name}' is not causal (bidirectional) and cannot stream; call "
+                "Predict with the whole sequence"
+            )
+        kind = config.input_kind or manifest.input_kind
+        if kind != manifest.input_kind:
+            raise InvalidInput(
+                f"config.input_kind: model '{manifest.name}' takes {manifest.input_kind}, not {kind}"
+            )
+        audio_format = check_audio_format(config.audio) if kind == "audio" else None
+        ref = ModelRef(manifest.name, manifest.version)
+        session, resumed = self.sessions.acquire(
+            config.session_id, ref, config.model.version, runtime.zero_states(1),
+            must_exist=config.must_exist, stream=True,
+        )
+        try:
+            return _Stream(self, session, resumed, config, runtime, batcher, audio_format)
+        except BaseException:
+            self.sessions.release(session)
+            raise
+
+
+class _Stream:
+    """One open StreamPredict stream attached to a session."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        session: Session,
+        resumed: bool,
+        config: StreamConfig,
+        runtime: ModelRuntime,
+        batcher: Batcher,
+        audio_format: object,
+    ) -> None:
+        self._service = service
+        self._session = session
+        self._batcher = batcher
+        self._manifest = manifest = runtime.manifest
+        self._ended = False
+        self._chunks = 0
+        self._events: list[Event] = []
+        self._audio_seconds = 0.0
+        self._wall_start: float | None = None
+        self._return_state = config.return_state
+        is_audio = manifest.input_kind == "audio"
+        self._frame_outputs = config.frame_outputs if config.frame_outputs is not None else not is_audio
+        self._frontend: AudioFrontend | None = None
+        if is_audio:
+            assert isinstance(manifest.frontend, LogMelFrontend)
+            assert audio_format is not None
+            if session.frontend is None:
+                session.frontend = AudioFrontend(manifest.frontend, audio_format)  # type: ignore[arg-type]
+            elif session.frontend.format != audio_format:
+                raise PreconditionFailed(
+                    f"config.audio: session '{session.id}' was started with {session.frontend.format}; "
+                    "a resumed session keeps its audio format"
+                )
+            self._frontend = session.frontend
+        self._spotter: KeywordSpotter | None = None
+        post = manifest.output.postprocess
+        if post is not None and (config.events is None or config.events):
+            if session.spotter is None:
+                session.spotter = KeywordSpotter(post, manifest.output.labels, manifest.input.frame_rate_hz)
+            self._spotter = session.spotter
+        labels = (manifest.name, manifest.version)
+        metrics = service.metrics
+        self._chunk_latency = metrics.chunk_latency.labels(*labels)
+        self._lag = metrics.stream_lag.labels(*labels)
+        self._rtf = metrics.realtime_factor.labels(*labels)
+        self._audio_counter = metrics.audio_seconds.labels(*labels)
+        settings = service.settings
+        self._max_frames = settings.sessions.max_chunk_frames
+        self._max_chunk_s = settings.audio.max_chunk_ms / 1000
+        self._max_rtf = settings.audio.max_realtime_factor
+        self.started = StreamStarted(
+            session_id=session.id,
+            model=session.model,
+            frame_rate_hz=manifest.input.frame_rate_hz,
+            next_sequence_number=session.next_sequence_number,
+            frame_offset=session.frames,
+            resumed=resumed,
+        )
+
+    def close(self) -> None:
+        """Detach the session when the stream ends without ``end``; state is kept."""
+        if not self._ended:
+            self._ended = True
+            self._service.sessions.release(self._session, delete=False)
+
+    def _features_of(self, chunk: Chunk) -> np.ndarray:
+        manifest = self._manifest
+        if self._frontend is None:
+            if chunk.features is None:
+                raise InvalidInput(
+                    f"chunk.audio: model '{manifest.name}' takes feature frames; send chunk.features"
+                )
+            check_frames(chunk.features, manifest, "chunk.features", self._max_frames)
+            return chunk.features
+        if chunk.audio is None:
+            raise InvalidInput(
+                f"chunk.features: model '{manifest.name}' takes audio; send chunk.audio bytes"
+            )
+        if not chunk.audio:
+            raise InvalidInput("chunk.audio: empty; send at least one sample")
+        seconds = self._frontend.seconds(chunk.audio)
+        if seconds > self._max_chunk_s:
+            raise Overloaded(
+                f"chunk.audio: {seconds * 1000:.0f} ms exceeds the limit of "
+                f"{self._max_chunk_s * 1000:.0f} ms per chunk (LSTM_SERVE_AUDIO__MAX_CHUNK_MS); split it"
+            )
+        now = time.monotonic()
+        if self._wall_start is None:
+            self._wall_start = now
+        if self._max_rtf > 0:
+            allowed = REALTIME_ALLOWANCE_S + self._max_rtf * (now - self._wall_start)
+            if self._audio_seconds + seconds > allowed:
+                raise Overloaded(
+                    f"chunk.audio: audio arrives faster than {self._max_rtf:g}x real time "
+                    "(LSTM_SERVE_AUDIO__MAX_REALTIME_FACTOR); pace the stream"
+                )
+        self._audio_seconds += seconds
+        self._audio_counter.inc(seconds)
+        return self._frontend.accept(chunk.audio)
+
+    async def _run(self, frames: np.ndarray) -> np.ndarray:
+        session = self._session
+        output, states = await self._batcher.submit(frames, session.states)
+        session.states = states
+        session.frames += frames.shape[0]
+        return output
+
+    def _detect(self, outputs: np.ndarray | None, flush: bool = False) -> list[Event]:
+        if self._spotter is None:
+            return []
+        events = self._spotter.update(outputs) if outputs is not None and len(outputs) else []
+        if flush:
+            events = events + self._spotter.flush()
+        self._events.extend(e for e in events if e.is_final)
+        return events
+
+    def _as_rows(self, output: np.ndarray) -> np.ndarray:
+        return output if self._manifest.output.head == "per_frame" else output[np.newaxis]
+
+    async def process(self, chunk: Chunk, arrived: float) -> ChunkResult:
+        """Run one chunk and answer it."""
+        session = self._session
+        expected = session.next_sequence_number
+        if chunk.sequence_number < expected:
+            return ChunkResult(chunk.sequence_number, session.frames, 0, duplicate=True)
+        if chunk.sequence_number > expected:
+            raise PreconditionFailed(
+                f"chunk.sequence_number: expected {expected}, got {chunk.sequence_number}; the "
+                f"session is unchanged, resume from {expected}"
+            )
+        started = time.perf_counter()
+        frames = self._features_of(chunk)
+        offset = session.frames
+        outputs: np.ndarray | None = None
+        if frames.shape[0]:
+            outputs = self._as_rows(await self._run(frames))
+        session.next_sequence_number += 1
+        session.touch()
+        self._chunks += 1
+        events = self._detect(outputs)
+        self._observe(chunk, arrived, started)
+        return ChunkResult(
+            chunk.sequence_number,
+            offset,
+            int(frames.shape[0]),
+            outputs if self._frame_outputs else None,
+            events,
+        )
+
+    def _observe(self, chunk: Chunk, arrived: float, started: float) -> None:
+        now = time.perf_counter()
+        self._chunk_latency.observe(now - arrived)
+        if self._frontend is not None and chunk.audio and self._wall_start is not None:
+            seconds = self._frontend.seconds(chunk.audio)
+            self._rtf.observe((now - started) / seconds)
+            behind = (time.monotonic() - self._wall_start) - self._audio_seconds
+            self._lag.observe(max(0.0, behind))
+
+    async def end(self, keep_session: bool) -> StreamFinal:
+        """Flush buffered audio, close the session unless kept, and summarize."""
+        session = self._session
+        if self._frontend is not None:
+            tail = self._frontend.flush()
+            outputs = self._as_rows(await self._run(tail)) if tail.shape[0] else None
+            self._detect(outputs, flush=True)
+        elif self._spotter is not None:
+            self._detect(None, flush=True)
+        states = (
+            {s.name: st for s, st in zip(self._manifest.states, session.states, strict=True)}
+            if self._return_state
+            else {}
+        )
+        final = StreamFinal(
+            session.id, session.frames, self._chunks, list(self._events), states, self._audio_seconds
+        )
+        self._ended = True
+        self._service.sessions.release(session, delete=not keep_session)
+        return final

@@ -1,0 +1,198 @@
+"""Per-session recurrent state and the store that keeps it.
+
+A session is bound to one model version for its whole life and holds the recurrent
+states after the last processed chunk, the next expected sequence number, and, for
+audio streams, the front-end and event-detector state. The store is a small
+interface (get, put, delete, expire) so that a shared store can replace the default
+in-memory one.
+
+Lifecycle: a session is *attached* while a stream (or a Predict call) uses it and
+*detached* otherwise. Detached sessions expire after ``ttl_s`` idle seconds. A stream
+that ends without ``end`` (disconnect, cancel, error) only detaches its session, so
+the client can resume it until the TTL runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from lstm_serve.domain import ModelRef
+from lstm_serve.errors import Overloaded, SessionConflict, SessionNotFound
+from lstm_serve.metrics import Metrics
+
+
+@dataclass(eq=False)
+class Session:
+    """One session's state."""
+
+    id: str
+    model: ModelRef
+    states: list[np.ndarray]
+    next_sequence_number: int = 0
+    frames: int = 0
+    attached: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    frontend: Any = None
+    """Audio front-end state (decoder, resampler, feature extractor), if any."""
+    spotter: Any = None
+    """Keyword event detector state, if any."""
+
+    def touch(self) -> None:
+        """Restart the idle clock."""
+        self.last_used = time.monotonic()
+
+
+class SessionStore(Protocol):
+    """Where session state lives."""
+
+    def get(self, session_id: str) -> Session | None:
+        """The session, or None."""
+
+    def put(self, session: Session) -> None:
+        """Insert or replace a session."""
+
+    def delete(self, session_id: str, reason: str) -> None:
+        """Remove a session (reason: ended, expired, evicted)."""
+
+    def expire(self, now: float) -> list[str]:
+        """Remove detached sessions idle past the TTL; return their ids."""
+
+    def __len__(self) -> int:
+        """Live sessions."""
+
+
+class InMemorySessionStore:
+    """A process-local store with idle TTL and a cap on live sessions."""
+
+    def __init__(self, ttl_s: float, max_sessions: int, metrics: Metrics) -> None:
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
+        self._recently_expired: OrderedDict[str, float] = OrderedDict()
+        self._metrics = metrics
+
+    def get(self, session_id: str) -> Session | None:
+        """The session, or None."""
+        return self._sessions.get(session_id)
+
+    def put(self, session: Session) -> None:
+        """Insert or replace a session."""
+        self._sessions[session.id] = session
+        self._metrics.sessions_stored.set(len(self._sessions))
+
+    def delete(self, session_id: str, reason: str) -> None:
+        """Remove a session (reason: ended, expired, evicted)."""
+        if self._sessions.pop(session_id, None) is not None:
+            self._metrics.sessions_ended.labels(reason).inc()
+            self._metrics.sessions_stored.set(len(self._sessions))
+
+    def expire(self, now: float) -> list[str]:
+        """Remove detached sessions idle past the TTL; return their ids."""
+        expired = [
+            s.id
+            for s in self._sessions.values()
+            if not s.attached and not s.lock.locked() and now - s.last_used > self.ttl_s
+        ]
+        for session_id in expired:
+            self.delete(session_id, "expired")
+            self._recently_expired[session_id] = now
+        while len(self._recently_expired) > 10_000:
+            self._recently_expired.popitem(last=False)
+        return expired
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def was_expired(self, session_id: str) -> bool:
+        """True when the id belonged to a session that expired recently."""
+        return session_id in self._recently_expired
+
+    def evict_all(self) -> None:
+        """Drop every session (shutdown)."""
+        for session_id in list(self._sessions):
+            self.delete(session_id, "evicted")
+
+
+class SessionManager:
+    """Finds, creates, attaches and detaches sessions, enforcing the cap and binding."""
+
+    def __init__(self, store: InMemorySessionStore, metrics: Metrics) -> None:
+        self.store = store
+        self._metrics = metrics
+
+    def acquire(
+        self,
+        session_id: str,
+        model: ModelRef,
+        requested_version: str,
+        zero_states: list[np.ndarray],
+        *,
+        must_exist: bool,
+        stream: bool,
+    ) -> tuple[Session, bool]:
+        """Find ``session_id`` (a new id when empty), creating it when allowed.
+
+        A stream attaches the session exclusively; a unary call does not attach but
+        serializes on ``session.lock``. Returns the session and whether it existed
+        before. The caller must call :meth:`release` when done.
+        """
+        session = self.store.get(session_id) if session_id else None
+        if session is None:
+            if must_exist:
+                expired = isinstance(self.store, InMemorySessionStore) and self.store.was_expired(
+                    session_id
+                )
+                why = (
+                    f"expired after {self.store.ttl_s:g} s idle (LSTM_SERVE_SESSIONS__TTL_S)"
+                    if expired
+                    else "is unknown"
+                )
+                raise SessionNotFound(f"session_id: session '{session_id}' {why}")
+            if len(self.store) >= self.store.max_sessions:
+                self._metrics.sessions_rejected.labels("cap").inc()
+                raise Overloaded(
+                    f"session cap reached: {self.store.max_sessions} live sessions "
+                    "(LSTM_SERVE_SESSIONS__MAX_SESSIONS). End idle sessions (End, or Predict "
+                    "with end_session) or retry on another replica."
+                )
+            session = Session(id=session_id or uuid.uuid4().hex, model=model, states=zero_states)
+            session.attached = stream
+            self.store.put(session)
+            self._metrics.sessions_created.labels(model.name, model.version).inc()
+            self._metrics.sessions_active.labels(model.name, model.version).inc()
+            return session, False
+        if session.model.name != model.name or (
+            requested_version and requested_version != session.model.version
+        ):
+            self._metrics.sessions_rejected.labels("conflict").inc()
+            raise SessionConflict(
+                f"session_id: session '{session.id}' is bound to model '{session.model.name}' "
+                f"version {session.model.version}, not '{model.name}'"
+                + (f" version {requested_version}" if requested_version else "")
+            )
+        if session.attached:
+            self._metrics.sessions_rejected.labels("conflict").inc()
+            raise SessionConflict(
+                f"session_id: session '{session.id}' is attached to another stream; "
+                "close that stream first"
+            )
+        session.attached = stream
+        session.touch()
+        self._metrics.sessions_active.labels(session.model.name, session.model.version).inc()
+        return session, True
+
+    def release(self, session: Session, *, delete: bool = False) -> None:
+        """Detach the session; delete it when ``delete`` (the client ended it)."""
+        session.attached = False
+        self._metrics.sessions_active.labels(session.model.name, session.model.version).dec()
+        session.touch()
+        if delete:
+            self.store.delete(session.id, "ended")

@@ -1,0 +1,1 @@
+"""gRPC transport: converters, the servicer, the error interceptor, the server."""

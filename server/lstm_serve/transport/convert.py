@@ -1,0 +1,256 @@
+"""The one converter between protobuf messages and domain types.
+
+Nothing else in the server imports the ``*_pb2`` modules. Tensor decoding checks the
+declared shape against the byte length and never trusts the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+from lstmserve.v1 import inference_pb2 as pb
+
+from lstm_serve.domain import (
+    AudioFormat,
+    Chunk,
+    ChunkResult,
+    ModelRef,
+    PredictInput,
+    PredictOutput,
+    StreamConfig,
+    StreamFinal,
+    StreamStarted,
+)
+from lstm_serve.errors import InvalidInput
+from lstm_serve.events import Event
+from lstm_serve.manifest import LogMelFrontend
+from lstm_serve.repository import ModelEntry
+from lstm_serve.service import StreamEnd, StreamMessage, StreamReply
+
+FLOAT32 = np.dtype("<f4")
+_HEADS = {"per_frame": pb.HEAD_KIND_PER_FRAME, "sequence": pb.HEAD_KIND_SEQUENCE}
+_TASKS = {"classification": pb.TASK_KIND_CLASSIFICATION, "regression": pb.TASK_KIND_REGRESSION}
+_INPUT_KINDS = {"features": pb.INPUT_KIND_FEATURES, "audio": pb.INPUT_KIND_AUDIO}
+_INPUT_KINDS_BACK = {v: k for k, v in _INPUT_KINDS.items()}
+_ENCODINGS = {pb.AUDIO_ENCODING_PCM16: "pcm16", pb.AUDIO_ENCODING_FLOAT32: "float32"}
+
+
+def to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
+    """Decode a Tensor into a read-only float32 array, checking shape against bytes."""
+    if tensor.dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
+        raise InvalidInput(f"{field}.dtype: only FLOAT32 is supported")
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{field}.shape: negative dimension in {shape}")
+    count = int(np.prod(shape)) if shape else 0
+    if not shape or count * FLOAT32.itemsize != len(tensor.data):
+        raise InvalidInput(
+            f"{field}: shape {shape} needs {count * FLOAT32.itemsize} bytes of float32, got "
+            f"{len(tensor.data)} bytes"
+        )
+    return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
+
+
+def to_tensor(array: np.ndarray) -> pb.Tensor:
+    """Encode an array as a packed little-endian float32 Tensor."""
+    data = np.ascontiguousarray(array, dtype=FLOAT32)
+    return pb.Tensor(shape=data.shape, dtype=pb.DATA_TYPE_FLOAT32, data=data.tobytes())
+
+
+def model_ref(ref: pb.ModelRef) -> ModelRef:
+    """Domain model reference; the name is required."""
+    if not ref.name:
+        raise InvalidInput("model.name: required; call ListModels for the available names")
+    return ModelRef(ref.name, ref.version)
+
+
+def _ref_pb(ref: ModelRef) -> pb.ModelRef:
+    return pb.ModelRef(name=ref.name, version=ref.version)
+
+
+def model_metadata(entry: ModelEntry, versions: list[str]) -> pb.ModelMetadata:
+    """Metadata of one model version, ready or not."""
+    meta = pb.ModelMetadata(
+        name=entry.name, version=entry.version, ready=entry.ready, error=entry.error, versions=versions
+    )
+    manifest = entry.manifest
+    if manifest is None:
+        return meta
+    meta.input_kind = _INPUT_KINDS[manifest.input_kind]
+    meta.feature_dim = manifest.input.feature_dim
+    meta.frame_rate_hz = manifest.input.frame_rate_hz
+    meta.head = _HEADS[manifest.output.head]
+    meta.task = _TASKS[manifest.output.task]
+    meta.labels.extend(manifest.output.labels)
+    meta.output_dim = manifest.output.dim
+    meta.streamable = manifest.streamable
+    meta.description = manifest.description
+    meta.states.extend(
+        pb.StateSpec(name=s.name, layers=s.layers, hidden=s.hidden) for s in manifest.states
+    )
+    if entry.runtime is not None:
+        meta.providers.extend(entry.runtime.providers)
+    if isinstance(manifest.frontend, LogMelFrontend):
+        f = manifest.frontend
+        meta.audio.CopyFrom(
+            pb.AudioFrontend(
+                pipeline=f.pipeline, sample_rate_hz=f.sample_rate_hz, window_ms=f.window_ms,
+                hop_ms=f.hop_ms, n_fft=f.n_fft, n_mels=f.n_mels,
+            )
+        )
+    for key, value in manifest.provenance.model_dump(exclude_none=True).items():
+        meta.provenance[key] = value if isinstance(value, str) else str(value)
+    return meta
+
+
+def predict_input(request: pb.PredictRequest) -> PredictInput:
+    """Split the request's features into per-sequence arrays cut to their lengths."""
+    if not request.HasField("features"):
+        raise InvalidInput("features: required; a [frames, feature_dim] or [batch, frames, feature_dim] tensor")
+    features = to_array(request.features, "features")
+    if features.ndim == 2:
+        batched, rows = False, features[np.newaxis]
+    elif features.ndim == 3:
+        batched, rows = True, features
+    else:
+        raise InvalidInput(
+            f"features.shape: expected [frames, feature_dim] or [batch, frames, feature_dim], got "
+            f"{list(features.shape)}"
+        )
+    lengths = list(request.lengths)
+    if lengths and len(lengths) != rows.shape[0]:
+        raise InvalidInput(f"lengths: {len(lengths)} entries for a batch of {rows.shape[0]}")
+    for i, length in enumerate(lengths):
+        if length > rows.shape[1]:
+            raise InvalidInput(f"lengths[{i}]: {length} exceeds max_frames {rows.shape[1]}")
+    sequences = [row[: lengths[i]] if lengths else row for i, row in enumerate(rows)]
+    initial = {s.name: to_array(s.tensor, f"initial_states['{s.name}']") for s in request.initial_states}
+    return PredictInput(
+        model=model_ref(request.model),
+        sequences=sequences,
+        batched=batched,
+        session_id=request.session_id,
+        must_exist=request.must_exist,
+        end_session=request.end_session,
+        return_state=request.return_state,
+        initial_states=initial,
+    )
+
+
+def predict_response(result: PredictOutput) -> pb.PredictResponse:
+    """Pack per-sequence outputs, padding per-frame rows to the longest sequence."""
+    lengths = [o.shape[0] if result.head == "per_frame" else 1 for o in result.outputs]
+    if result.head == "per_frame":
+        width = result.outputs[0].shape[-1]
+        packed = np.zeros((len(result.outputs), max(lengths), width), dtype=FLOAT32)
+        for i, out in enumerate(result.outputs):
+            packed[i, : out.shape[0]] = out
+    else:
+        packed = np.stack(result.outputs)
+    if not result.batched:
+        packed = packed[0]
+    return pb.PredictResponse(
+        model=_ref_pb(result.model),
+        outputs=to_tensor(packed),
+        lengths=lengths,
+        states=[pb.NamedTensor(name=k, tensor=to_tensor(v)) for k, v in result.states.items()],
+        session_id=result.session_id,
+        frame_offset=result.frame_offset,
+    )
+
+
+def _stream_config(config: pb.StreamConfig) -> StreamConfig:
+    audio = None
+    if config.HasField("audio"):
+        encoding = _ENCODINGS.get(config.audio.encoding)
+        if encoding is None:
+            raise InvalidInput(
+                "config.audio.encoding: unsupported or unspecified encoding; expected PCM16 or FLOAT32"
+            )
+        audio = AudioFormat(encoding=encoding, sample_rate_hz=config.audio.sample_rate_hz)  # type: ignore[arg-type]
+    output = config.output
+    return StreamConfig(
+        model=model_ref(config.model),
+        session_id=config.session_id,
+        must_exist=config.must_exist,
+        input_kind=_INPUT_KINDS_BACK.get(config.input_kind),  # type: ignore[arg-type]
+        audio=audio,
+        frame_outputs=output.frame_outputs if output.HasField("frame_outputs") else None,
+        events=output.events if output.HasField("events") else None,
+        return_state=output.return_state,
+    )
+
+
+def stream_message(request: pb.StreamRequest) -> StreamMessage:
+    """One stream request as a domain message."""
+    kind = request.WhichOneof("message")
+    if kind == "config":
+        return _stream_config(request.config)
+    if kind == "chunk":
+        chunk = request.chunk
+        payload = chunk.WhichOneof("payload")
+        if payload == "features":
+            return Chunk(chunk.sequence_number, features=to_array(chunk.features, "chunk.features"))
+        if payload == "audio":
+            return Chunk(chunk.sequence_number, audio=chunk.audio)
+        raise InvalidInput("chunk: empty; set chunk.features or chunk.audio")
+    if kind == "end":
+        return StreamEnd(keep_session=request.end.keep_session)
+    raise InvalidInput("message: empty StreamRequest; set config, chunk or end")
+
+
+async def stream_messages(requests: AsyncIterator[pb.StreamRequest]) -> AsyncIterator[StreamMessage]:
+    """Convert a stream's requests lazily, as they arrive."""
+    async for request in requests:
+        yield stream_message(request)
+
+
+def _event(event: Event) -> pb.Event:
+    return pb.Event(
+        label=event.label, start_s=event.start_s, end_s=event.end_s, score=event.score,
+        is_final=event.is_final,
+    )
+
+
+def stream_response(reply: StreamReply) -> pb.StreamResponse:
+    """One domain stream reply as a protobuf message."""
+    if isinstance(reply, ChunkResult):
+        result = pb.Result(
+            sequence_number=reply.sequence_number,
+            frame_offset=reply.frame_offset,
+            frames=reply.frames,
+            duplicate=reply.duplicate,
+            events=[_event(e) for e in reply.events],
+        )
+        if reply.outputs is not None:
+            result.outputs.CopyFrom(to_tensor(reply.outputs))
+        return pb.StreamResponse(result=result)
+    if isinstance(reply, StreamStarted):
+        return pb.StreamResponse(
+            started=pb.Started(
+                session_id=reply.session_id,
+                model=_ref_pb(reply.model),
+                frame_rate_hz=reply.frame_rate_hz,
+                next_sequence_number=reply.next_sequence_number,
+                frame_offset=reply.frame_offset,
+                resumed=reply.resumed,
+            )
+        )
+    final = reply
+    assert isinstance(final, StreamFinal)
+    return pb.StreamResponse(
+        final=pb.Final(
+            session_id=final.session_id,
+            frames=final.frames,
+            chunks=final.chunks,
+            events=[_event(e) for e in final.events],
+            states=[pb.NamedTensor(name=k, tensor=to_tensor(v)) for k, v in final.states.items()],
+            audio_seconds=final.audio_seconds,
+        )
+    )
+
+
+def list_models_response(entries: list[tuple[ModelEntry, list[str]]]) -> pb.ListModelsResponse:
+    """Every model version's metadata."""
+    return pb.ListModelsResponse(models=[model_metadata(e, v) for e, v in entries])

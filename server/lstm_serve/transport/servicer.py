@@ -1,0 +1,47 @@
+"""The Inference servicer: convert, call the domain, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from lstmserve.v1 import inference_pb2 as pb
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
+
+from lstm_serve.service import InferenceService
+from lstm_serve.transport import convert
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    """Thin gRPC adapter over :class:`~lstm_serve.service.InferenceService`."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        """Every model version, ready or not."""
+        repo = self._service.repository
+        return convert.list_models_response([(e, repo.versions(e.name)) for e in repo])
+
+    async def GetModelMetadata(
+        self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadata:
+        """One model version's metadata."""
+        entry = self._service.model(convert.model_ref(request.model))
+        return convert.model_metadata(entry, self._service.repository.versions(entry.name))
+
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
+        """Whole sequences, optionally continuing a session."""
+        result = await self._service.predict(convert.predict_input(request))
+        return convert.predict_response(result)
+
+    async def StreamPredict(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
+        """A stateful stream: config, chunks, end."""
+        async for reply in self._service.stream(convert.stream_messages(request_iterator)):
+            yield convert.stream_response(reply)

@@ -1,0 +1,176 @@
+"""The training loop shared by every recipe, and onnxruntime inference on packages.
+
+:func:`fit` trains with Adam, evaluates on the validation split after every epoch and
+keeps the weights of the best validation epoch (model selection never sees the test
+split). :class:`OrtPackage` runs an exported package the way the server does, so the
+test figures recorded in a manifest are measured on the served graph itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from lstm_serve.manifest import MODEL_FILE, Manifest, load_manifest
+from lstm_train.model import RecurrentNet
+
+Batch = tuple[torch.Tensor, ...]
+#: ``loss_fn(net, batch) -> (loss, correct, counted)``
+LossFn = Callable[[RecurrentNet, Batch], tuple[torch.Tensor, int, int]]
+#: ``evaluate(net) -> (val_loss, val_accuracy)``
+EvalFn = Callable[[RecurrentNet], tuple[float, float]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and make torch deterministic on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def set_threads() -> None:
+    """Use at most the CPUs available (``LSTM_TRAIN_THREADS`` overrides)."""
+    n = int(os.environ.get("LSTM_TRAIN_THREADS", "0")) or min(os.cpu_count() or 1, 4)
+    torch.set_num_threads(n)
+
+
+@dataclass
+class History:
+    """Per-epoch figures and the selected epoch."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The figures of the selected epoch."""
+        return self.epochs[self.best_epoch - 1]
+
+
+def fit(
+    net: RecurrentNet,
+    *,
+    batches: Callable[[int], Iterable[Batch]],
+    loss_fn: LossFn,
+    evaluate: EvalFn,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    clip: float = 1.0,
+    desc: str = "train",
+    quiet: bool = False,
+    lr_final_fraction: float = 0.05,
+) -> History:
+    """Train ``net`` in place; at the end it holds the best validation epoch's weights.
+
+    ``batches(epoch)`` yields the epoch's batches. The learning rate follows a cosine
+    schedule down to ``lr * lr_final_fraction``. Selection: highest validation
+    accuracy, ties broken by lower validation loss.
+    """
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(epochs, 1), eta_min=lr * lr_final_fraction
+    )
+    history = History()
+    best_key: tuple[float, float] | None = None
+    best_state = copy.deepcopy(net.state_dict())
+    start = time.perf_counter()
+    bar = tqdm(range(1, epochs + 1), desc=desc, file=sys.stderr, disable=quiet, unit="epoch")
+    for epoch in bar:
+        net.train()
+        total_loss, total_correct, total_count, n_batches = 0.0, 0, 0, 0
+        for batch in batches(epoch):
+            opt.zero_grad()
+            loss, correct, count = loss_fn(net, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            opt.step()
+            total_loss += float(loss.detach())
+            total_correct += correct
+            total_count += count
+            n_batches += 1
+        sched.step()
+        net.eval()
+        with torch.no_grad():
+            val_loss, val_acc = evaluate(net)
+        row = {
+            "epoch": float(epoch),
+            "train_loss": total_loss / max(n_batches, 1),
+            "train_accuracy": total_correct / max(total_count, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+        }
+        history.epochs.append(row)
+        key = (val_acc, -val_loss)
+        if best_key is None or key > best_key:
+            best_key = key
+            best_state = copy.deepcopy(net.state_dict())
+            history.best_epoch = epoch
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
+    history.train_seconds = time.perf_counter() - start
+    net.load_state_dict(best_state)
+    net.eval()
+    return history
+
+
+class OrtPackage:
+    """An exported package run through onnxruntime on CPU, as the server runs it."""
+
+    def __init__(self, package_dir: Path) -> None:
+        self.path = package_dir
+        self.manifest: Manifest = load_manifest(package_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(package_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+        )
+
+    def zero_states(self, batch: int) -> list[np.ndarray]:
+        """Zero states for ``batch`` sequences, in manifest order."""
+        return [
+            np.zeros((s.layers, batch, s.hidden), np.float32) for s in self.manifest.states
+        ]
+
+    def run(
+        self, x: np.ndarray, states: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Outputs and new states for ``x`` ``[batch, time, feature_dim]``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if states is None:
+            states = self.zero_states(x.shape[0])
+        feeds = {self.manifest.input.name: x}
+        feeds.update({s.input: v for s, v in zip(self.manifest.states, states, strict=True)})
+        names = [self.manifest.output.name, *(s.output for s in self.manifest.states)]
+        out = self.session.run(names, feeds)
+        return out[0], list(out[1:])
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the CLI passes to every recipe."""
+
+    out: Path
+    version: str = "1"
+    seed: int = 0
+    quick: bool = False
+    quiet: bool = False
+    epochs: int | None = None
+
+
+def package_size_bytes(package: Path) -> int:
+    """Bytes of ``model.onnx`` in a package."""
+    return (package / MODEL_FILE).stat().st_size
