@@ -37,7 +37,7 @@ class StatusError(RuntimeError):
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> StatusError:
         """Wrap a grpc error."""
-        return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
+        return cls(error.code(), error.details() or "")
 
 
 def to_tensor(array: np.ndarray) -> pb.Tensor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lstm_train.model import RecurrentNet
 from tests.conftest import FEATURE_DIM, FixtureModels
 from tests.harness import ServerHandle
 
 
-def reference(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def reference(net: RecurrentNet, x: np.ndarray) -> np.ndarray:
     """PyTorch output for one [T, F] sequence from the zero state."""
     with torch.no_grad():
         xt = torch.from_numpy(x[np.newaxis])

@@ -1,0 +1,52 @@
+# lstm-serve developer entry points. Every target sets up what it needs (.venv,
+# generated code) and is idempotent. `make help` lists them.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup serve test lint proto proto-check gpu-check train bench deploy-tools deploy-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP) ## create .venv with the server, client, training and dev tools
+
+serve: $(STAMP) ## serve the bundled models/ on :50051 (metrics on :9090)
+	$(BIN)/lstm-serve --models models
+
+proto: $(STAMP) ## regenerate the Python code for protos/
+	PYTHON=$(BIN)/python scripts/gen_proto.sh
+
+proto-check: proto ## fail when the committed generated code is stale
+	@git diff --exit-code --stat -- protos/ || (echo "generated code in protos/ is stale: run 'make proto' and commit" && exit 1)
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+deploy-tools: ## install the manifest validators into .venv-deploy
+	scripts/setup-deploy-tools.sh
+
+test: $(STAMP) deploy-tools proto-check lint ## the whole test suite (what CI runs)
+	$(BIN)/pytest
+
+gpu-check: $(STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
+	$(BIN)/python scripts/gpu_check.py
+
+train: $(STAMP) ## retrain every bundled model into models/
+	for recipe in har har-gru vowels kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
+
+deploy-check: $(STAMP) deploy-tools ## validate deploy/ (kustomize, schemas, checkov, semantics)
+	$(BIN)/pytest tests/deploy
+
+clean: ## remove virtualenvs and caches
+	rm -rf $(VENV) .venv-deploy .pytest_cache .mypy_cache .ruff_cache
