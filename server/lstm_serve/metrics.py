@@ -122,8 +122,8 @@ class Metrics:
         )
         self.stream_lag = Histogram(
             f"{PREFIX}_stream_lag_seconds",
-            "How far an audio stream's results trail real time: audio received so far "
-            "minus wall time since the stream's first chunk, when positive.",
+            "How far an audio stream trails real time after each chunk: wall time since its "
+            "first chunk minus the audio processed so far, or 0 when it is ahead.",
             ["model", "version"],
             buckets=LAG_BUCKETS_S,
             registry=r,

@@ -221,16 +221,17 @@ def exposed_names(families: list[tuple[str, str]]) -> set[str]:
     """
     names: set[str] = set()
     for name, kind in families:
-        names.add(name)
         if kind == "counter":
             base = name.removesuffix("_total")
             names.update({f"{base}_total", f"{base}_created"})
         elif kind in {"histogram", "gaugehistogram"}:
             names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"})
         elif kind == "summary":
-            names.update({f"{name}_sum", f"{name}_count", f"{name}_created"})
+            names.update({name, f"{name}_sum", f"{name}_count", f"{name}_created"})
         elif kind == "info":
             names.add(f"{name.removesuffix('_info')}_info")
+        else:
+            names.add(name)
     return names
 
 

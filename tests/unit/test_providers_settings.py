@@ -1,0 +1,53 @@
+"""Provider policy and settings parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from lstm_serve.main import build_parser, settings_from_args
+from lstm_serve.providers import ProviderError, choose_providers
+from lstm_serve.settings import Settings, env_var_names
+
+ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_auto_prefers_tensorrt_then_cuda_then_cpu() -> None:
+    assert choose_providers(["auto"], ALL) == ALL
+    assert choose_providers(["auto"], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ALL[1:]
+    assert choose_providers(["auto"], ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_explicit_list_is_honoured_or_refused() -> None:
+    assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], ALL) == ALL[1:]
+    with pytest.raises(ProviderError, match="not available"):
+        choose_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="cannot be combined"):
+        choose_providers(["auto", "CPUExecutionProvider"], ALL)
+
+
+def test_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LSTM_SERVE_SESSIONS__TTL_S", "7")
+    monkeypatch.setenv("LSTM_SERVE_SERVER__PORT", "6000")
+    monkeypatch.setenv("LSTM_SERVE_PROVIDERS__PROVIDERS", '["CPUExecutionProvider"]')
+    settings = settings_from_args(build_parser().parse_args(["--port", "7000", "--no-batching"]))
+    assert settings.sessions.ttl_s == 7 and settings.server.port == 7000
+    assert not settings.batching.enabled and settings.providers.providers == ["CPUExecutionProvider"]
+
+
+def test_every_field_is_documented() -> None:
+    import ast
+    import inspect
+
+    from lstm_serve import settings as module
+
+    tree = ast.parse(inspect.getsource(module))
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        body = cls.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id != "model_config":
+                following = body[i + 1] if i + 1 < len(body) else None
+                assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), (
+                    f"{cls.name}.{node.target.id} has no docstring"
+                )
+    assert "LSTM_SERVE_BATCHING__MAX_BATCH_SIZE" in env_var_names()
+    assert Settings().server.port == 50051
