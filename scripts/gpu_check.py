@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from lstm_serve.manifest import load_manifest
 from lstm_serve.providers import choose_providers
 from lstm_serve.runtime import ModelRuntime
@@ -27,13 +26,13 @@ TOLERANCE = 1e-4
 
 def _fixture_package(root: Path) -> Path:
     import torch
-
     from lstm_train.export import build_manifest, export_package
     from lstm_train.model import NetConfig, RecurrentNet
 
     torch.manual_seed(0)
     net = RecurrentNet(NetConfig(input_dim=40, output_dim=12, hidden=256, layers=2))
-    manifest = build_manifest(net, name="gpucheck", version="1", frame_rate_hz=100.0, labels=[str(i) for i in range(12)])
+    labels = [str(i) for i in range(12)]
+    manifest = build_manifest(net, name="gpucheck", version="1", frame_rate_hz=100.0, labels=labels)
     return export_package(net, manifest, root)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from lstm_serve.manifest import KeywordPostprocess, LogMelFrontend
 from lstm_train.export import build_manifest, export_package
 from lstm_train.model import NetConfig, RecurrentNet
+
 from tests.harness import REPO, ServerHandle, start_server
 
 FEATURE_DIM = 6
@@ -37,10 +38,33 @@ def _net(cell: str, bidirectional: bool, head: str, seed: int) -> RecurrentNet:
     return RecurrentNet(config).eval()
 
 
+AUDIO_FRONTEND = LogMelFrontend(
+    sample_rate_hz=16000, window_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=40, log_floor=1e-6
+)
+
+
+def _audio_model(root: Path) -> RecurrentNet:
+    """A keyword-spotting-shaped model (random weights) with the log-mel front-end."""
+    torch.manual_seed(7)
+    net = RecurrentNet(NetConfig(input_dim=40, output_dim=3, hidden=16, layers=1, mean=[-8.0] * 40, std=[3.0] * 40))
+    with torch.no_grad():
+        net.proj.bias.copy_(torch.tensor([0.0, 0.5, -0.5]))
+    manifest = build_manifest(
+        net, name="audio", version="1", frame_rate_hz=100.0, labels=["_background_", "yes", "no"],
+        frontend=AUDIO_FRONTEND,
+        postprocess=KeywordPostprocess(
+            smoothing_frames=3, threshold=0.4, refractory_s=0.1, background_labels=["_background_"], min_frames=2
+        ),
+    )
+    export_package(net, manifest, root)
+    return net.eval()
+
+
 @pytest.fixture(scope="session")
 def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> FixtureModels:
     """``lstm`` (causal, per-frame), ``gru`` (causal, per-frame), ``bilstm`` (sequence
-    head, not causal) and ``broken`` (a manifest that disagrees with its graph)."""
+    head, not causal), ``audio`` (log-mel front-end with keyword events) and ``broken``
+    (a manifest that disagrees with its graph)."""
     root = tmp_path_factory.mktemp("models")
     specs = {
         "lstm": ("lstm", False, "per_frame"),
@@ -56,6 +80,7 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> FixtureModels:
         )
         export_package(net, manifest, root)
         nets[name] = net
+    nets["audio"] = _audio_model(root)
     broken = root / "broken" / "1"
     shutil.copytree(root / "lstm" / "1", broken)
     manifest = json.loads((broken / "manifest.json").read_text())

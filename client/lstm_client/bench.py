@@ -1,12 +1,424 @@
-"""``lstm-client bench``: a load generator (see docs/benchmarks.md)."""
+"""``lstm-client bench``: a load generator for lstm-serve (see docs/benchmarks.md).
+
+It opens N concurrent ``StreamPredict`` streams (or N unary ``Predict`` callers) and
+drives them for a fixed duration, either paced at real time (one chunk of K frames
+every K / frame_rate seconds per stream, like a microphone or a sensor) or as fast as
+possible (closed loop: each stream sends its next chunk when the previous one is
+answered). Everything runs in one asyncio loop with ``grpc.aio`` over several
+channels (separate TCP connections), in this process, which is never the server's.
+
+Measured over the window after ``--warmup``:
+
+- ``frames_per_s``: feature frames answered per second, all streams together;
+- ``latency_ms``: chunk latency p50/p95/p99, from the moment a chunk was *due*
+  (its real-time slot) to the moment its result arrived. Counting from the due time
+  rather than the actual send avoids coordinated omission: a load generator that falls
+  behind shows up as latency, and ``send_lag_ms`` says how much of it is the client's;
+- ``realtime_fraction``: frames answered ÷ (streams × frame rate × duration). 1.0
+  means every stream was kept at real time; in as-fast-as-possible mode it is the
+  speed-up over real time;
+- ``errors``: failed calls by gRPC status code (a failed stream is reopened with a
+  new session at its next slot);
+- ``client_cpu_s``: this process's CPU time (user + system, all threads), so that a
+  saturated load generator can be told from a saturated server.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import math
+import resource
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import grpc
+import numpy as np
+from lstmserve.v1 import inference_pb2 as pb
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
+
+from lstm_client.client import LstmClient, to_tensor
+
+HELP = "load generator: N real-time (or as-fast-as-possible) streams or unary callers"
+
+DESCRIPTION = """\
+Load generator: drive N concurrent StreamPredict streams (or unary Predict callers) of
+one model for S seconds and report throughput, chunk latency, errors and the fraction
+of real time achieved. Inputs are random float32 frames of the model's feature_dim
+(from GetModelMetadata).
+
+pacing:
+  --realtime      each stream sends one chunk of K frames every K / frame_rate seconds
+                  (K=10 at 100 Hz: a 100 ms chunk every 100 ms); streams start staggered
+                  over one chunk period. This is how capacity in *streams* is measured.
+  (default)       as fast as possible, closed loop: each stream sends its next chunk as
+                  soon as the previous one is answered. This measures saturation.
+
+latency is counted from the moment a chunk was due to the moment its result arrived,
+so a load generator that falls behind shows up as latency (send_lag_ms tells whose).
+client_cpu_s is this process's own CPU time: if it is close to the wall time, the load
+generator, not the server, is the bottleneck.
+
+examples:
+  lstm-client bench har --streams 16 --duration 10 --chunk-frames 10 --realtime
+  lstm-client --target 10.0.0.5:50051 bench reference --streams 256 --realtime --json
+  lstm-client bench reference --streams 64 --duration 5            # saturation
+  lstm-client bench har --mode predict --streams 8 --chunk-frames 100 --json
+
+exit code: 0 when no call failed, 1 when some did (the report is printed either way).
+"""
+
+LOSS_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
+
+
+@dataclass
+class BenchConfig:
+    """What one bench run does."""
+
+    model: str
+    streams: int
+    duration_s: float
+    chunk_frames: int
+    realtime: bool
+    mode: str = "stream"
+    version: str = ""
+    warmup_s: float = 1.0
+    channels: int = 0
+    seed: int = 0
+    drain_s: float = 5.0
+
+
+@dataclass
+class _Stats:
+    """Samples collected by all workers (single asyncio loop: no locking needed)."""
+
+    window_start: float
+    window_end: float
+    latencies: list[float] = field(default_factory=list)
+    send_lags: list[float] = field(default_factory=list)
+    frames: int = 0
+    chunks: int = 0
+    sent: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    streams_opened: int = 0
+
+    def in_window(self, t: float) -> bool:
+        return self.window_start <= t < self.window_end
+
+    def answered(self, due: float, now: float, frames: int) -> None:
+        """Record one answered chunk that was due at ``due``."""
+        if self.in_window(now):
+            self.frames += frames
+            self.chunks += 1
+        if self.in_window(due):
+            self.latencies.append(now - due)
+
+    def error(self, exc: BaseException, now: float) -> None:
+        """Record one failed call or stream."""
+        code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+        self.errors[code] += 1
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    arr = np.asarray(samples) * 1000.0
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(arr.max()), 3),
+        "mean": round(float(arr.mean()), 3),
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Payloads:
+    """Pre-built random inputs, reused round-robin so the client spends no time on them."""
+
+    def __init__(self, cfg: BenchConfig, feature_dim: int, variants: int = 16) -> None:
+        rng = np.random.default_rng(cfg.seed)
+        self.tensors = [
+            to_tensor(rng.standard_normal((cfg.chunk_frames, feature_dim)).astype(np.float32))
+            for _ in range(variants)
+        ]
+        self.predicts = [
+            pb.PredictRequest(model=pb.ModelRef(name=cfg.model, version=cfg.version), features=t)
+            for t in self.tensors
+        ]
+        self.config = pb.StreamRequest(
+            config=pb.StreamConfig(model=pb.ModelRef(name=cfg.model, version=cfg.version))
+        )
+        self.end = pb.StreamRequest(end=pb.End())
+
+    def chunk(self, seq: int) -> pb.StreamRequest:
+        """The stream request for chunk ``seq``."""
+        tensor = self.tensors[seq % len(self.tensors)]
+        return pb.StreamRequest(chunk=pb.Chunk(sequence_number=seq, features=tensor))
+
+
+async def _stream_worker(
+    stub: pb_grpc.InferenceStub, cfg: BenchConfig, payloads: _Payloads, stats: _Stats,
+    pace: float, first_due: float, stop_at: float,
+) -> None:
+    """One logical stream; reopened with a new session after a failure."""
+    due = first_due
+    while due < stop_at:
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        call = stub.StreamPredict()
+        stats.streams_opened += 1
+        sent: dict[int, float] = {}
+        failed = False
+        reader: asyncio.Task[None] | None = None
+        answered = asyncio.Event()
+
+        async def read(call: Any = call, sent: dict[int, float] = sent, answered: asyncio.Event = answered) -> None:
+            try:
+                while True:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        return
+                    if response.WhichOneof("message") != "result":
+                        continue
+                    result = response.result
+                    chunk_due = sent.pop(result.sequence_number, None)
+                    if chunk_due is not None:
+                        stats.answered(chunk_due, time.perf_counter(), result.frames)
+                    answered.set()
+            finally:
+                answered.set()  # never leave the writer waiting on a dead stream
+
+        try:
+            await call.write(payloads.config)
+            started = await call.read()
+            if started is grpc.aio.EOF:
+                raise RuntimeError("stream closed before started")
+            reader = asyncio.get_running_loop().create_task(read())
+            seq = 0
+            while due < stop_at:
+                if reader.done():
+                    reader.result()  # raises the stream's error
+                    raise RuntimeError("stream ended before end was sent")
+                now = time.perf_counter()
+                if pace > 0:
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                        now = time.perf_counter()
+                    if stats.in_window(due):
+                        stats.send_lags.append(now - due)
+                else:
+                    due = now
+                answered.clear()
+                sent[seq] = due
+                await call.write(payloads.chunk(seq))
+                stats.sent += 1
+                seq += 1
+                if pace > 0:
+                    due += pace
+                else:
+                    await answered.wait()
+                    due = time.perf_counter()
+            await call.write(payloads.end)
+            await call.done_writing()
+            await asyncio.wait_for(reader, timeout=max(0.1, stop_at + cfg.drain_s - time.perf_counter()))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, RuntimeError,
+                TimeoutError):
+            failed = True
+            if reader is not None and reader.done() and not reader.cancelled() and reader.exception() is not None:
+                exc = reader.exception()  # type: ignore[assignment]  # the stream's status beats the write's
+            stats.error(exc, time.perf_counter())
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()
+            call.cancel()
+        if failed:
+            # the stream is gone; reopen it (a new session) at its next slot
+            due = max(due + pace, time.perf_counter() + (pace if pace > 0 else 0.05))
+
+
+async def _predict_worker(
+    stub: pb_grpc.InferenceStub, cfg: BenchConfig, payloads: _Payloads, stats: _Stats,
+    pace: float, first_due: float, stop_at: float,
+) -> None:
+    """One unary caller: a whole ``[K, F]`` sequence per call, no session."""
+    due = first_due
+    i = 0
+    while due < stop_at:
+        now = time.perf_counter()
+        if pace > 0:
+            if due > now:
+                await asyncio.sleep(due - now)
+                now = time.perf_counter()
+            if stats.in_window(due):
+                stats.send_lags.append(now - due)
+        else:
+            due = now
+        stats.sent += 1
+        try:
+            await stub.Predict(payloads.predicts[i % len(payloads.predicts)], timeout=cfg.drain_s + 30)
+            stats.answered(due, time.perf_counter(), cfg.chunk_frames)
+        except grpc.aio.AioRpcError as exc:
+            stats.error(exc, time.perf_counter())
+        i += 1
+        due = due + pace if pace > 0 else time.perf_counter()
+
+
+async def run_bench(target: str, cfg: BenchConfig, feature_dim: int, frame_rate_hz: float) -> dict[str, Any]:
+    """Run one benchmark against ``target`` and return the report (see :func:`cmd_bench`)."""
+    pace = cfg.chunk_frames / frame_rate_hz if cfg.realtime else 0.0
+    n_channels = cfg.channels or max(1, min(cfg.streams, 8))
+    options = [
+        ("grpc.use_local_subchannel_pool", 1),  # a TCP connection per channel
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(n_channels)]
+    try:
+        await asyncio.gather(*(c.channel_ready() for c in channels))
+        stubs = [pb_grpc.InferenceStub(c) for c in channels]
+        payloads = _Payloads(cfg, feature_dim)
+        t0 = time.perf_counter() + 0.05
+        window_start = t0 + cfg.warmup_s
+        stop_at = window_start + cfg.duration_s
+        stats = _Stats(window_start, stop_at)
+        worker = _stream_worker if cfg.mode == "stream" else _predict_worker
+        stagger = pace if pace > 0 else 0.0
+        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        await asyncio.gather(
+            *(
+                worker(stubs[i % n_channels], cfg, payloads, stats, pace, t0 + stagger * i / cfg.streams, stop_at)
+                for i in range(cfg.streams)
+            )
+        )
+        wall = time.perf_counter() - wall0
+        cpu = _cpu_seconds() - cpu0
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+    expected = cfg.streams * frame_rate_hz * cfg.duration_s
+    errors = dict(sorted(stats.errors.items()))
+    return {
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "realtime": cfg.realtime,
+        "streams": cfg.streams,
+        "chunk_frames": cfg.chunk_frames,
+        "chunk_ms": round(1000 * cfg.chunk_frames / frame_rate_hz, 3),
+        "frame_rate_hz": frame_rate_hz,
+        "duration_s": cfg.duration_s,
+        "warmup_s": cfg.warmup_s,
+        "channels": n_channels,
+        "frames": stats.frames,
+        "chunks": stats.chunks,
+        "chunks_sent": stats.sent,
+        "frames_per_s": round(stats.frames / cfg.duration_s, 1),
+        "chunks_per_s": round(stats.chunks / cfg.duration_s, 1),
+        "latency_ms": _percentiles(stats.latencies),
+        "send_lag_ms": _percentiles(stats.send_lags),
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "streams_opened": stats.streams_opened if cfg.mode == "stream" else 0,
+        "realtime_fraction": round(stats.frames / expected, 4) if expected else None,
+        "client_cpu_s": round(cpu, 3),
+        "client_wall_s": round(wall, 3),
+        "client_cpu_cores": round(cpu / wall, 3) if wall > 0 else None,
+    }
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}{unit}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lat, lag = report["latency_ms"], report["send_lag_ms"]
+    pacing = f"real time ({report['chunk_ms']:g} ms chunks)" if report["realtime"] else "as fast as possible"
+    errors = ", ".join(f"{k}={v}" for k, v in report["errors"].items()) or "none"
+    lines = [
+        f"{report['model']}: {report['streams']} {report['mode']} worker(s), {report['chunk_frames']} frames/chunk, "
+        f"{pacing}, {report['duration_s']:g} s (+{report['warmup_s']:g} s warm-up), {report['channels']} channel(s)",
+        f"  frames/s          {report['frames_per_s']:.0f}  ({report['chunks_per_s']:.0f} chunks/s)",
+        f"  real-time         {report['realtime_fraction']:.3f} of {report['streams']} x {report['frame_rate_hz']:g} "
+        "frames/s",
+        f"  chunk latency ms  p50 {_fmt(lat['p50'])}  p95 {_fmt(lat['p95'])}  p99 {_fmt(lat['p99'])}  "
+        f"max {_fmt(lat['max'])}",
+    ]
+    if report["realtime"]:
+        lines.append(f"  client send lag   p50 {_fmt(lag['p50'])}  p99 {_fmt(lag['p99'])} ms")
+    lines += [
+        f"  errors            {errors}",
+        f"  client CPU        {report['client_cpu_s']:.2f} s in {report['client_wall_s']:.2f} s "
+        f"({report['client_cpu_cores']:.2f} cores)",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_bench(client: LstmClient, args: argparse.Namespace) -> int:
+    """Run the load generator against the CLI's ``--target``; print the report."""
+    meta = client.metadata(args.name, args.version)
+    if not meta["ready"]:
+        print(f"error: model '{args.name}' is not ready: {meta.get('error', '')}")
+        return 1
+    if args.mode == "stream" and not meta["streamable"]:
+        print(f"error: model '{args.name}' does not stream; use --mode predict")
+        return 2
+    frame_rate = float(meta["frame_rate_hz"]) or 100.0
+    cfg = BenchConfig(
+        model=args.name, version=args.version, streams=args.streams, duration_s=args.duration,
+        chunk_frames=args.chunk_frames, realtime=args.realtime, mode=args.mode, warmup_s=args.warmup,
+        channels=args.channels, seed=args.seed,
+    )
+    report = asyncio.run(run_bench(client.target, cfg, int(meta["feature_dim"]), frame_rate))
+    report["config"] = asdict(cfg)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 1 if report["error_count"] else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def add_bench_parser(sub: Any) -> None:
-    """Register the ``bench`` subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser("bench", help="load generator (not yet available)")
-    p.set_defaults(func=lambda client, args: 2)
+    """Register the ``bench`` subcommand on the CLI's subparsers."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "bench", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("name", help="model name (e.g. reference, har)")
+    p.add_argument("--version", default="", help="model version (default: the highest ready one)")
+    p.add_argument("--streams", "-n", type=_positive_int, default=16,
+                   help="concurrent streams (or unary callers with --mode predict) (default 16)")
+    p.add_argument("--duration", "-d", type=_positive_float, default=10.0,
+                   help="measured seconds, after the warm-up (default 10)")
+    p.add_argument("--chunk-frames", "-k", type=_positive_int, default=10,
+                   help="feature frames per chunk / per Predict sequence (default 10: 100 ms at 100 Hz)")
+    p.add_argument("--realtime", action="store_true",
+                   help="pace each stream at real time (a chunk every K / frame_rate s); default: as fast as possible")
+    p.add_argument("--mode", choices=("stream", "predict"), default="stream",
+                   help="stream: StreamPredict, state carried across chunks; predict: one unary Predict "
+                   "per chunk, no session (default stream)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds run before the measured window, not counted (default 1)")
+    p.add_argument("--channels", type=int, default=0,
+                   help="gRPC channels (TCP connections) the workers share round-robin (default min(N, 8))")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the input frames (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(func=cmd_bench)

@@ -110,6 +110,7 @@ class ChunkResult:
     outputs: np.ndarray | None = None
     events: list[Event] = field(default_factory=list)
     duplicate: bool = False
+    flush: bool = False
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,8 @@ class InferenceService:
                     if isinstance(message, StreamConfig):
                         raise InvalidInput("config: sent twice; config must be the first message only")
                     if isinstance(message, StreamEnd):
-                        yield await stream.end(message.keep_session)
+                        for reply in await stream.end(message.keep_session):
+                            yield reply
                         if await self._next_message(iterator) is not None:
                             raise InvalidInput("a message arrived after end; end must be the last message")
                         return
@@ -509,15 +510,29 @@ class _Stream:
             behind = (time.monotonic() - self._wall_start) - self._audio_seconds
             self._lag.observe(max(0.0, behind))
 
-    async def end(self, keep_session: bool) -> StreamFinal:
-        """Flush buffered audio, close the session unless kept, and summarize."""
+    async def end(self, keep_session: bool) -> list[ChunkResult | StreamFinal]:
+        """Flush buffered audio, close the session unless kept, and summarize.
+
+        Returns the flush result (when the flush produced frames or events) and the
+        final summary.
+        """
         session = self._session
+        replies: list[ChunkResult | StreamFinal] = []
+        outputs: np.ndarray | None = None
+        offset = session.frames
         if self._frontend is not None:
             tail = self._frontend.flush()
-            outputs = self._as_rows(await self._run(tail)) if tail.shape[0] else None
-            self._detect(outputs, flush=True)
-        elif self._spotter is not None:
-            self._detect(None, flush=True)
+            if tail.shape[0]:
+                outputs = self._as_rows(await self._run(tail))
+        events = self._detect(outputs, flush=True)
+        frames = session.frames - offset
+        if frames or events:
+            replies.append(
+                ChunkResult(
+                    session.next_sequence_number, offset, frames,
+                    outputs if self._frame_outputs else None, events, flush=True,
+                )
+            )
         states = (
             {s.name: st for s, st in zip(self._manifest.states, session.states, strict=True)}
             if self._return_state
@@ -528,4 +543,5 @@ class _Stream:
         )
         self._ended = True
         self._service.sessions.release(session, delete=not keep_session)
-        return final
+        replies.append(final)
+        return replies

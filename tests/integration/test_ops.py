@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
 from lstm_client import StatusError
+
 from tests.conftest import FixtureModels
 from tests.harness import ServerHandle, metric_sum, scrape, start_server
 from tests.integration.test_predict_stream import frames
@@ -27,7 +27,7 @@ def test_health_per_model_and_broken_package_reported(server: ServerHandle) -> N
         assert client.health("models/gru/1") == "SERVING"
         assert client.health("models/broken") == "NOT_SERVING"
         models = {m["name"]: m for m in client.list_models()}
-        assert set(models) == {"lstm", "gru", "bilstm", "broken"}
+        assert set(models) == {"lstm", "gru", "bilstm", "audio", "broken"}
         broken = models["broken"]
         assert not broken["ready"]
         assert "broken/1/manifest.json" in broken["error"] and "input.name" in broken["error"]

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from lstm_train.model import RecurrentNet
+
 from tests.conftest import FEATURE_DIM, FixtureModels
 from tests.harness import ServerHandle
 
@@ -97,7 +97,7 @@ def test_64_interleaved_streams_match_alone(server: ServerHandle) -> None:
                 step = 1 + i % 9
                 chunks = [inputs[i][k : k + step] for k in range(0, len(inputs[i]), step)]
                 got[i] = client.stream("lstm" if i % 2 else "gru", chunks).outputs
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(64)]

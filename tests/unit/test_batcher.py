@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from lstm_serve.batching import Batcher
 from lstm_serve.errors import Overloaded
 from lstm_serve.manifest import load_manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.runtime import ModelRuntime
+
 from tests.conftest import FEATURE_DIM, FixtureModels
 
 
@@ -74,7 +74,7 @@ def test_failed_call_fails_every_waiter(fixture_models: FixtureModels) -> None:
 def test_full_queue_is_refused(fixture_models: FixtureModels) -> None:
     runtime = _runtime(fixture_models, "lstm")
 
-    async def scenario() -> list[BaseException | object]:
+    async def scenario() -> list[BaseException | None]:
         with ThreadPoolExecutor(1) as executor:
             batcher, _ = _batcher(runtime, executor, max_queue=4)
             # The loop is not started, so nothing drains the queue.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-
 from lstm_serve.errors import ManifestError
 from lstm_serve.manifest import check_against_graph, load_manifest
 from lstm_serve.repository import ModelRepository
+
 from tests.conftest import FixtureModels
 
 
@@ -67,7 +67,7 @@ def test_schema_errors_name_the_field(
 def test_swapped_state_names_are_caught(fixture_models: FixtureModels, tmp_path: Path) -> None:
     package = _copy(fixture_models, tmp_path)
 
-    def swap(m: dict) -> None:  # type: ignore[type-arg]
+    def swap(m: dict) -> None:
         m["states"][0]["input"] = "h9"
 
     _edit(package, swap)

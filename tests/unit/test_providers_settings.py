@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lstm_serve.main import build_parser, settings_from_args
 from lstm_serve.providers import ProviderError, choose_providers
 from lstm_serve.settings import Settings, env_var_names
@@ -44,7 +43,9 @@ def test_every_field_is_documented() -> None:
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
         body = cls.body
         for i, node in enumerate(body):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id != "model_config":
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            if node.target.id != "model_config":
                 following = body[i + 1] if i + 1 < len(body) else None
                 assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), (
                     f"{cls.name}.{node.target.id} has no docstring"

@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
-from tqdm import tqdm
-
+import torch.nn.functional as F
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.features import StreamingLogMel, logmel
 from lstm_serve.manifest import KeywordPostprocess
+from tqdm import tqdm
+
 from lstm_train import kws_data as kd
 from lstm_train.export import build_manifest, export_package, update_provenance
 from lstm_train.model import NetConfig, RecurrentNet
@@ -77,9 +77,9 @@ class Scale:
 
 
 FULL = Scale(
-    keyword_renditions=5, filler_renditions=1, train_streams=6000, val_streams=400,
+    keyword_renditions=4, filler_renditions=1, train_streams=3000, val_streams=200,
     stream_seconds=3.0, val_clips_per_class=30, val_sentences=30, test_clips_per_class=100,
-    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=18, batch=64,
+    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=1, epochs=10, batch=32,
     variants=None,
 )
 QUICK = Scale(

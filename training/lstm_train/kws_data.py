@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from lstm_serve.manifest import LogMelFrontend
+
 from lstm_train.synth import ACCENTS, speaker, voice_variants
 
 SAMPLE_RATE = 16000

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from lstm_train.export import build_manifest, export_package, update_provenance
 from lstm_train.model import NetConfig, RecurrentNet

@@ -13,10 +13,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from lstm_train.train import History  # noqa: E402
+from lstm_train.train import History
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from lstm_serve.manifest import MODEL_FILE, Manifest, load_manifest
 from tqdm import tqdm
 
-from lstm_serve.manifest import MODEL_FILE, Manifest, load_manifest
 from lstm_train.model import RecurrentNet
 
 Batch = tuple[torch.Tensor, ...]

@@ -292,20 +292,22 @@ class Event(_message.Message):
     def __init__(self, label: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., is_final: _Optional[bool] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("sequence_number", "frame_offset", "outputs", "events", "duplicate", "frames")
+    __slots__ = ("sequence_number", "frame_offset", "outputs", "events", "duplicate", "frames", "flush")
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
     sequence_number: int
     frame_offset: int
     outputs: Tensor
     events: _containers.RepeatedCompositeFieldContainer[Event]
     duplicate: bool
     frames: int
-    def __init__(self, sequence_number: _Optional[int] = ..., frame_offset: _Optional[int] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., duplicate: _Optional[bool] = ..., frames: _Optional[int] = ...) -> None: ...
+    flush: bool
+    def __init__(self, sequence_number: _Optional[int] = ..., frame_offset: _Optional[int] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., duplicate: _Optional[bool] = ..., frames: _Optional[int] = ..., flush: _Optional[bool] = ...) -> None: ...
 
 class Final(_message.Message):
     __slots__ = ("session_id", "frames", "chunks", "events", "states", "audio_seconds")

@@ -113,7 +113,8 @@ class InferenceServicer:
         duplicate = true and no outputs; it changes nothing. A gap is
         FAILED_PRECONDITION and ends the stream without touching the state.
         - Each chunk gets exactly one `result`, in order.
-        - `end` flushes any buffered audio, sends `final` and closes the session
+        - `end` flushes any buffered audio (its frames come in one more `result` with
+        flush = true), sends `final` and closes the session
         (its state is deleted) unless end.keep_session is set.
 
         Disconnects and errors: when the stream ends without `end` (the client

@@ -221,6 +221,7 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
             frame_offset=reply.frame_offset,
             frames=reply.frames,
             duplicate=reply.duplicate,
+            flush=reply.flush,
             events=[_event(e) for e in reply.events],
         )
         if reply.outputs is not None:
