@@ -483,13 +483,19 @@ class _Stream:
                 f"session is unchanged, resume from {expected}"
             )
         started = time.perf_counter()
-        frames = self._features_of(chunk)
-        offset = session.frames
-        outputs: np.ndarray | None = None
-        if frames.shape[0]:
-            outputs = self._as_rows(await self._run(frames))
-        session.next_sequence_number += 1
-        session.touch()
+        async with session.lock:
+            if session.pending is not None and session.pending[0] == chunk.sequence_number:
+                frames = session.pending[1]
+            else:
+                frames = self._features_of(chunk)
+                session.pending = (chunk.sequence_number, frames) if self._frontend is not None else None
+            offset = session.frames
+            outputs: np.ndarray | None = None
+            if frames.shape[0]:
+                outputs = self._as_rows(await self._run(frames))
+            session.pending = None
+            session.next_sequence_number += 1
+            session.touch()
         self._chunks += 1
         events = self._detect(outputs)
         self._observe(chunk, arrived, started)
@@ -521,9 +527,10 @@ class _Stream:
         outputs: np.ndarray | None = None
         offset = session.frames
         if self._frontend is not None:
-            tail = self._frontend.flush()
-            if tail.shape[0]:
-                outputs = self._as_rows(await self._run(tail))
+            async with session.lock:
+                tail = self._frontend.flush()
+                if tail.shape[0]:
+                    outputs = self._as_rows(await self._run(tail))
         events = self._detect(outputs, flush=True)
         frames = session.frames - offset
         if frames or events:

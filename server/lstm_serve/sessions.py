@@ -44,6 +44,10 @@ class Session:
     """Audio front-end state (decoder, resampler, feature extractor), if any."""
     spotter: Any = None
     """Keyword event detector state, if any."""
+    pending: tuple[int, np.ndarray] | None = None
+    """Features the front-end already produced for a chunk whose model step failed,
+    keyed by its sequence number, so that resending that chunk does not feed its audio
+    through the front-end twice."""
 
     def touch(self) -> None:
         """Restart the idle clock."""

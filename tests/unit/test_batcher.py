@@ -34,7 +34,7 @@ def test_mixed_lengths_batched_equal_alone(fixture_models: FixtureModels, name: 
     xs = [rng.standard_normal((1 + i % 4, FEATURE_DIM)).astype(np.float32) for i in range(40)]
     states = [[rng.standard_normal(z.shape).astype(np.float32) for z in runtime.zero_states(1)] for _ in xs]
 
-    async def scenario() -> tuple[list, float]:  # type: ignore[type-arg]
+    async def scenario() -> tuple[list, float]:
         with ThreadPoolExecutor(1) as executor:
             batcher, metrics = _batcher(runtime, executor)
             batcher.start()
