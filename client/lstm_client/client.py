@@ -202,7 +202,19 @@ class StreamCall:
 class LstmClient:
     """Client for one lstm-serve endpoint."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0, max_message_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = 30.0,
+        max_message_bytes: int = 64 << 20,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Connect to ``target``.
+
+        ``options`` are extra grpc channel options, e.g. for client-side balancing over
+        a headless Service: ``target="dns:///lstm-serve-headless:50051",
+        options=[("grpc.lb_policy_name", "round_robin")]``.
+        """
         self.target = target
         self.timeout = timeout
         self.channel = grpc.insecure_channel(
@@ -210,6 +222,7 @@ class LstmClient:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                *options,
             ],
         )
         self.stub = pb_grpc.InferenceStub(self.channel)
