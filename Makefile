@@ -45,6 +45,9 @@ gpu-check: $(STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match
 train: $(STAMP) ## retrain every bundled model into models/
 	for recipe in har har-gru vowels kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
 
+bench: $(STAMP) ## benchmark: in-process ORT vs server batching off/on; writes docs/benchmarks.md (~4 min)
+	$(BIN)/python scripts/bench.py
+
 deploy-check: $(STAMP) deploy-tools ## validate deploy/ (kustomize, schemas, checkov, semantics)
 	$(BIN)/pytest tests/deploy
 

@@ -107,6 +107,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles_ms(samples: list[float]) -> dict[str, float]:
     """p50/p95/p99 of seconds, in ms."""
     p50, p95, p99 = np.percentile(np.asarray(samples) * 1000.0, [50, 95, 99])
@@ -161,7 +167,7 @@ def ort_throughput(runtime: Any, batch: int, frames: int, seconds: float) -> dic
     x = rng.standard_normal((batch, frames, runtime.manifest.input.feature_dim)).astype(np.float32)
     states = runtime.zero_states(batch)
     runtime.run(x, states)
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 3:
         started = time.perf_counter()
@@ -317,7 +323,9 @@ def metric_delta(before: dict[str, float], after: dict[str, float], name: str) -
     return dict(out)
 
 
-def server_view(before: dict[str, float], after: dict[str, float], cpu_s: float, wall_s: float) -> dict[str, Any]:
+def server_view(
+    before: dict[str, float], after: dict[str, float], cpu_s: float, wall_s: float, busy_s: float
+) -> dict[str, Any]:
     """Batch-size distribution, compute and queue time, and CPU of one measured point."""
     buckets = metric_delta(before, after, "lstm_serve_batch_size_bucket")
     count = metric_delta(before, after, "lstm_serve_batch_size_count").get("", 0.0)
@@ -328,7 +336,7 @@ def server_view(before: dict[str, float], after: dict[str, float], cpu_s: float,
     edges = sorted((float(le), n) for le, n in buckets.items() if le and le != "+Inf")
     histogram, previous = {}, 0.0
     for edge, cumulative in edges:
-        histogram[f"<={edge:g}"] = int(round(cumulative - previous))
+        histogram[f"<={edge:g}"] = round(cumulative - previous)
         previous = cumulative
     return {
         "batches": int(count),
@@ -340,6 +348,7 @@ def server_view(before: dict[str, float], after: dict[str, float], cpu_s: float,
         "mean_queue_wait_ms": round(1000 * queue_s / queue_n, 3) if queue_n else None,
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_cores": round(cpu_s / wall_s, 3) if wall_s else None,
+        "machine_busy_cores": round(busy_s / wall_s, 3) if wall_s else None,
     }
 
 
@@ -352,15 +361,19 @@ def run_load(server: Server, streams: int, duration: float, realtime: bool, warm
     if realtime:
         cmd.append("--realtime")
     before = scrape(server.metrics_url)
-    cpu0, wall0 = process_cpu_s(server.process.pid), time.perf_counter()
+    cpu0, busy0, wall0 = process_cpu_s(server.process.pid), machine_busy_s(), time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 120)
-    cpu1, wall1 = process_cpu_s(server.process.pid), time.perf_counter()
+    cpu1, busy1, wall1 = process_cpu_s(server.process.pid), machine_busy_s(), time.perf_counter()
     after = scrape(server.metrics_url)
     if not done.stdout.strip():
         raise RuntimeError(f"lstm-client bench failed ({done.returncode}): {done.stderr[-2000:]}")
     report: dict[str, Any] = json.loads(done.stdout)
     report.pop("config", None)
-    report["server"] = server_view(before, after, cpu1 - cpu0, wall1 - wall0)
+    view = server_view(before, after, cpu1 - cpu0, wall1 - wall0, busy1 - busy0)
+    # what neither the server nor the load generator used: other jobs on the machine (and the CLI's start-up)
+    client_share = report["client_cpu_s"] / (wall1 - wall0)
+    view["others_cores"] = round(max(0.0, view["machine_busy_cores"] - view["server_cpu_cores"] - client_share), 3)
+    report["server"] = view
     report["command"] = " ".join(["lstm-client", *cmd[1:3], *cmd[3:]]).replace(server.target, "HOST:PORT")
     return report
 
@@ -405,7 +418,7 @@ PROFILE_BUCKETS = [
     ("domain stream logic (service.py)", ("service.py:",)),
     ("servicer / interceptor", ("servicer.py:", "interceptor.py:")),
     ("grpc.aio machinery (cygrpc, polling)", ("grpc/", "cygrpc", "_poll_wrapper", "aio/")),
-    ("asyncio event loop", ("asyncio/",)),
+    ("asyncio loop + grpc.aio Cython callbacks (native, shown as Handle._run)", ("asyncio/",)),
     ("metrics (prometheus_client)", ("prometheus_client",)),
 ]
 
@@ -451,6 +464,7 @@ def summarize_profile(folded: Path) -> dict[str, Any]:
 def unary_p50(target: str, method: str, request: Any, calls: int, echo: bool) -> dict[str, float]:
     """Sequential unary calls on one channel from this process (sync client)."""
     import grpc
+
     from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(target) as channel:
@@ -669,13 +683,15 @@ def write_markdown(results: dict[str, Any], path: Path, images: list[str], analy
     lines += ["", "## Real-time streams (100 ms chunks = 10 frames at 100 Hz, paced in real time)", ""]
     lines += [
         "Latency is counted from the moment a chunk was due to the moment its result arrived at the client "
-        "(so a late client shows up as latency too). *RT* is frames answered ÷ (N × 100 frames/s). "
+        "(so a late client shows up as latency too). *RT* is frames answered / (N x 100 frames/s). "
         "*srv CPU* and *cli CPU* are cores used by the server and by the load generator; *ORT busy* is "
         "the fraction of wall time the onnxruntime executor thread spent in calls; *batch* the mean "
-        "sequences per call.",
+        "sequences per call; *others CPU* the cores busy on this machine outside the server and the load "
+        "generator (other jobs: the cores are shared), from /proc/stat.",
         "",
-        "| config | N | frames/s | RT | p50 ms | p95 ms | p99 ms | errors | batch | ORT busy | srv CPU | cli CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | N | frames/s | RT | p50 ms | p95 ms | p99 ms | errors | batch | ORT busy | srv CPU | cli CPU "
+        "| others CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, data in results["servers"].items():
         runs = [*data.get("sweep", []), *([data["saturation"]] if data.get("saturation") else [])]
@@ -687,7 +703,8 @@ def write_markdown(results: dict[str, Any], path: Path, images: list[str], analy
                 f"| {key} | {name} | {p['frames_per_s']:.0f} | {p['realtime_fraction']:.3f} | "
                 f"{_ms(p['latency_ms']['p50'])} | {_ms(p['latency_ms']['p95'])} | {_ms(p['latency_ms']['p99'])} | "
                 f"{errors} | {s['mean_batch'] if s['mean_batch'] is not None else '-'} | "
-                f"{s['compute_busy_fraction']} | {s['server_cpu_cores']} | {p['client_cpu_cores']} |"
+                f"{s['compute_busy_fraction']} | {s['server_cpu_cores']} | {p['client_cpu_cores']} | "
+                f"{s['others_cores']} |"
             )
     lines += ["", "Configurations: " + "; ".join(f"`{k}` = {d['label']}" for k, d in results["servers"].items())
               + ". (d) multi-process serving (`--workers`) is not built, so it is not measured.", ""]
@@ -714,7 +731,7 @@ def write_markdown(results: dict[str, Any], path: Path, images: list[str], analy
               f"{u['ort_ms']['p99']:.3f} |"]
     for key, p in u["predict_ms"].items():
         lines.append(f"| Predict, {key} | {p['p50']:.3f} | {p['p95']:.3f} | {p['p99']:.3f} |")
-    lines += ["", "Overhead = Predict p50 − (echo p50 + ORT p50): "
+    lines += ["", "Overhead = Predict p50 - (echo p50 + ORT p50): "
               + ", ".join(f"**{v:.3f} ms** ({k})" for k, v in u["overhead_ms"].items()) + ".", ""]
     lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
     lines += ["## Batch-size distribution (batching on, from `lstm_serve_batch_size_bucket`)", "",
@@ -734,7 +751,8 @@ def write_markdown(results: dict[str, Any], path: Path, images: list[str], analy
         lines += ["", "Top functions by self time:", "", "| function | self |", "|---|---|"]
         lines += [f"| `{f}` | {v:.1%} |" for f, v in prof["top_self"]]
         lines += ["", f"Folded stacks (for speedscope or flamegraph.pl): `{prof['folded']}`.", ""]
-    lines += ["## Reproduce", "", "```sh", "make bench                                   # = .venv/bin/python scripts/bench.py",
+    lines += ["## Reproduce", "", "```sh",
+              "make bench                                   # = .venv/bin/python scripts/bench.py",
               ".venv/bin/python scripts/bench.py --quick    # a one-minute smoke run",
               "# one point by hand:",
               ".venv/bin/lstm-train reference --out .bench/models",
@@ -752,6 +770,14 @@ def write_markdown(results: dict[str, Any], path: Path, images: list[str], analy
     path.write_text("\n".join(lines))
 
 
+def write_docs(results: dict[str, Any], docs: Path) -> None:
+    """The results JSON, the plots and the markdown."""
+    docs.mkdir(parents=True, exist_ok=True)
+    images = plot(results, docs / "img")
+    (docs / "bench-results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_markdown(results, docs / "benchmarks.md", images, analysis_text(results))
+
+
 def _histograms(results: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
     on = results["servers"].get("on", {})
     out = [(f"N={p['streams']}", p["server"]["batch_histogram"]) for p in on.get("sweep", [])]
@@ -761,27 +787,65 @@ def _histograms(results: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
 
 
 def analysis_text(results: dict[str, Any]) -> str:
-    """A first, figure-driven reading of what bounds capacity (edited by hand if needed)."""
+    """What bounds capacity, read off this run's figures (regenerated with every run)."""
     servers = results["servers"]
     parts = []
     sat_on, sat_off = servers.get("on", {}).get("saturation"), servers.get("off", {}).get("saturation")
     if sat_on and sat_off:
         s_on, s_off = sat_on["server"], sat_off["server"]
+
+        def per_chunk_us(point: dict[str, Any]) -> float:
+            chunks = max(1.0, point["server"]["batches"] * (point["server"]["mean_batch"] or 1.0))
+            return 1e6 * point["server"]["server_cpu_s"] / chunks
+
         parts.append(
-            f"- Saturated with batching on, the server used {s_on['server_cpu_cores']} cores while its "
-            f"onnxruntime thread was busy {s_on['compute_busy_fraction']:.0%} of the time "
-            f"(mean batch {s_on['mean_batch']}, {s_on['mean_compute_ms']} ms per call); the load generator used "
-            f"{sat_on['client_cpu_cores']} cores. With batching off it used {s_off['server_cpu_cores']} cores, "
-            f"onnxruntime busy {s_off['compute_busy_fraction']:.0%} with one sequence per call "
-            f"({s_off['mean_compute_ms']} ms per call)."
+            f"- **CPU share.** Saturated with batching on, the server used {s_on['server_cpu_cores']} cores, the "
+            f"load generator {sat_on['client_cpu_cores']}, and other jobs on the machine "
+            f"{s_on['others_cores']} (machine busy {s_on['machine_busy_cores']} of "
+            f"{results['machine']['nproc']} cores). Whatever the other jobs take comes straight off the server's "
+            "capacity; compare the configurations with each other, within this run."
+        )
+        parts.append(
+            f"- **Per-chunk server cost.** The server spent about {per_chunk_us(sat_on):.0f} µs of CPU per "
+            f"100 ms chunk with batching on (mean batch {s_on['mean_batch']}, {s_on['mean_compute_ms']} ms per "
+            f"onnxruntime call, executor busy {s_on['compute_busy_fraction']:.0%} of the time) and "
+            f"{per_chunk_us(sat_off):.0f} µs with it off (one sequence per call, {s_off['mean_compute_ms']} ms "
+            f"per call, executor busy {s_off['compute_busy_fraction']:.0%}). Batching divides the onnxruntime "
+            "cost per chunk; what it cannot divide is the per-message gRPC and Python work on the event loop "
+            "(receive, decode, session bookkeeping, encode, send), which stays per chunk."
+        )
+        parts.append(
+            "- **One Python process.** The event loop (gRPC, conversion, stream logic) runs on one thread "
+            "under the GIL, and onnxruntime runs on one executor thread that releases it. So one process can "
+            "use at most about two cores, and the event-loop share grows with streams while the onnxruntime "
+            "share shrinks with batching. Past that point more streams only add latency (see the plots); "
+            "the lever left is several processes (`--workers`, not built) or a machine with more cores."
+        )
+    prof = results.get("profile")
+    if prof:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in list(prof["by_part"].items())[:5])
+        parts.append(
+            f"- **Profile** (py-spy, saturated, batching on, all threads): {shares}. grpc.aio's Cython callbacks "
+            "run inside asyncio's `Handle._run`, so py-spy (without `--native`) files the transport under the "
+            "event loop."
         )
     unary = results.get("unary", {})
-    if unary.get("predict_ms"):
-        parts.append(
-            "- Unary: the echo floor is "
-            f"{unary['echo_ms']['p50']:.3f} ms and onnxruntime {unary['ort_ms']['p50']:.3f} ms; the rest of "
-            "Predict's p50 is the server's own per-call work (conversion, validation, batcher hop, metrics)."
+    predict = unary.get("predict_ms", {})
+    if predict:
+        text = (
+            f"- **Unary Predict.** The echo floor is {unary['echo_ms']['p50']:.3f} ms and onnxruntime "
+            f"{unary['ort_ms']['p50']:.3f} ms (B=1, T=100). Predict p50 is "
+            + ", ".join(f"{v['p50']:.3f} ms ({k})" for k, v in predict.items())
+            + ". The rest is the server's per-call work (protobuf ↔ numpy, validation, the batcher hop, "
+            "metrics)"
         )
+        if "on" in predict and "on_nodelay" in predict:
+            text += (
+                f"; with batching on, a lone call also waits out `max_delay_ms` (2 ms) for company that never "
+                f"comes: {predict['on']['p50'] - predict['on_nodelay']['p50']:.3f} ms of the difference between "
+                "`on` and `on_nodelay`"
+            )
+        parts.append(text + ".")
     return "\n".join(parts)
 
 
@@ -795,10 +859,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=WORK / "models", help="model repository (default .bench/models)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where to write (default docs/)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="measure nothing: rewrite the markdown and plots from a results JSON")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server is not None:
         asyncio.run(_serve_echo(args.echo_server))
+        return 0
+    if args.render is not None:
+        rendered: dict[str, Any] = json.loads(args.render.read_text())
+        rendered["targets"] = evaluate(rendered)
+        write_docs(rendered, args.docs)
         return 0
 
     started = time.perf_counter()
@@ -844,35 +915,44 @@ def main(argv: list[str] | None = None) -> int:
     results["unary"]["predict_ms"] = {}
     results["servers"] = {}
     profile_path = WORK / "profile-saturated.folded"
-    for config in configs:
-        log(f"server {config.key}: {config.label}")
-        with lstm_server(args.models, config) as server:
-            entry: dict[str, Any] = {
+    # All configurations run at once (an idle server costs nothing) and each point is measured for every
+    # configuration back to back, so that the other jobs on this shared machine weigh on all of them alike.
+    with contextlib.ExitStack() as stack:
+        running: dict[str, Server] = {}
+        for config in configs:
+            log(f"starting server {config.key}: {config.label}")
+            running[config.key] = stack.enter_context(lstm_server(args.models, config))
+            results["servers"][config.key] = {
                 "label": config.label,
                 "server_command": ["lstm-serve", "--host", "127.0.0.1", "--port", "P", "--metrics-port", "M",
                                    "--models", str(args.models.relative_to(REPO)) if args.models.is_relative_to(REPO)
                                    else str(args.models), *config.args],
                 "sweep": [],
             }
-            results["servers"][config.key] = entry
-            results["unary"]["predict_ms"][config.key] = unary_p50(
-                server.target, "", request, unary_calls, echo=False
-            )
-            for n in streams:
+        for key, server in running.items():
+            log(f"unary Predict p50, {key}")
+            results["unary"]["predict_ms"][key] = unary_p50(server.target, "", request, unary_calls, echo=False)
+        for n in streams:
+            for key, server in running.items():
                 point = run_load(server, n, duration, True, warmup)
-                entry["sweep"].append(point)
-                log(f"  N={n:<4} {point['frames_per_s']:>8.0f} frames/s  RT {point['realtime_fraction']:.3f}  "
-                    f"p99 {point['latency_ms']['p99']} ms  errors {point['error_count']}  "
-                    f"batch {point['server']['mean_batch']}  srv {point['server']['server_cpu_cores']} cores")
-            if config.key == "on" and not args.no_profile:
-                saturation, profile = profile_during_load(server, SATURATION_STREAMS, duration, warmup, profile_path)
-                results["profile"] = profile
-            else:
-                saturation = run_load(server, SATURATION_STREAMS, duration, False, warmup)
-            entry["saturation"] = saturation
-            log(f"  saturated: {saturation['frames_per_s']:.0f} frames/s  p99 {saturation['latency_ms']['p99']} ms  "
-                f"batch {saturation['server']['mean_batch']}  srv {saturation['server']['server_cpu_cores']} cores  "
-                f"cli {saturation['client_cpu_cores']} cores")
+                results["servers"][key]["sweep"].append(point)
+                log(f"  {key:<10} N={n:<4} {point['frames_per_s']:>8.0f} frames/s  "
+                    f"RT {point['realtime_fraction']:.3f}  p99 {point['latency_ms']['p99']} ms  "
+                    f"errors {point['error_count']}  batch {point['server']['mean_batch']}  "
+                    f"srv {point['server']['server_cpu_cores']} others {point['server']['others_cores']} cores")
+        for key, server in running.items():
+            saturation = run_load(server, SATURATION_STREAMS, duration, False, warmup)
+            results["servers"][key]["saturation"] = saturation
+            log(f"  {key:<10} saturated: {saturation['frames_per_s']:.0f} frames/s  "
+                f"p99 {saturation['latency_ms']['p99']} ms  batch {saturation['server']['mean_batch']}  "
+                f"srv {saturation['server']['server_cpu_cores']} cli {saturation['client_cpu_cores']} "
+                f"others {saturation['server']['others_cores']} cores")
+        if "on" in running and not args.no_profile:
+            # a separate run: py-spy's own CPU would otherwise weigh on the saturated figure above
+            log("  profiling the saturated server (batching on) with py-spy")
+            _, results["profile"] = profile_during_load(
+                running["on"], SATURATION_STREAMS, duration, warmup, profile_path
+            )
 
     u = results["unary"]
     u["overhead_ms"] = {
@@ -895,10 +975,7 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = evaluate(results)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
 
-    args.docs.mkdir(parents=True, exist_ok=True)
-    images = plot(results, args.docs / "img")
-    (args.docs / "bench-results.json").write_text(json.dumps(results, indent=1) + "\n")
-    write_markdown(results, args.docs / "benchmarks.md", images, analysis_text(results))
+    write_docs(results, args.docs)
     log(f"done in {results['elapsed_s']:.0f} s: {args.docs / 'benchmarks.md'}")
     for row in results["targets"]:
         log(f"  {'MET ' if row['met'] else 'MISS'} {row['figure']}: {row['measured']} (target {row['target']})")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from lstm_serve.manifest import load_manifest
 from lstm_serve.providers import choose_providers
 from lstm_serve.runtime import ModelRuntime
@@ -26,6 +27,7 @@ TOLERANCE = 1e-4
 
 def _fixture_package(root: Path) -> Path:
     import torch
+
     from lstm_train.export import build_manifest, export_package
     from lstm_train.model import NetConfig, RecurrentNet
 

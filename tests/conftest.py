@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lstm_serve.manifest import KeywordPostprocess, LogMelFrontend
 from lstm_train.export import build_manifest, export_package
 from lstm_train.model import NetConfig, RecurrentNet
-
 from tests.harness import REPO, ServerHandle, start_server
 
 FEATURE_DIM = 6

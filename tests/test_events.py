@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lstm_serve.events import Event, KeywordSpotter, detect_events
 from lstm_serve.manifest import KeywordPostprocess
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lstm_serve.features import (
     PcmDecoder,
     StreamingLogMel,

@@ -14,11 +14,12 @@ Measured over the window after ``--warmup``:
   (its real-time slot) to the moment its result arrived. Counting from the due time
   rather than the actual send avoids coordinated omission: a load generator that falls
   behind shows up as latency, and ``send_lag_ms`` says how much of it is the client's;
-- ``realtime_fraction``: frames answered ÷ (streams × frame rate × duration). 1.0
+- ``realtime_fraction``: frames answered / (streams x frame rate x duration). 1.0
   means every stream was kept at real time; in as-fast-as-possible mode it is the
   speed-up over real time;
 - ``errors``: failed calls by gRPC status code (a failed stream is reopened with a
-  new session at its next slot);
+  new session at its next slot); chunks still unanswered ``drain_s`` (5 s) after the
+  end are counted apart, in ``unanswered_chunks``;
 - ``client_cpu_s``: this process's CPU time (user + system, all threads), so that a
   saturated load generator can be told from a saturated server.
 """
@@ -30,6 +31,7 @@ import asyncio
 import json
 import math
 import resource
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -37,10 +39,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-from lstmserve.v1 import inference_pb2 as pb
-from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
 from lstm_client.client import LstmClient, to_tensor
+from lstmserve.v1 import inference_pb2 as pb
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
 HELP = "load generator: N real-time (or as-fast-as-possible) streams or unary callers"
 
@@ -104,6 +106,7 @@ class _Stats:
     sent: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     streams_opened: int = 0
+    unanswered: int = 0
 
     def in_window(self, t: float) -> bool:
         return self.window_start <= t < self.window_end
@@ -230,13 +233,18 @@ async def _stream_worker(
                     due = time.perf_counter()
             await call.write(payloads.end)
             await call.done_writing()
-            await asyncio.wait_for(reader, timeout=max(0.1, stop_at + cfg.drain_s - time.perf_counter()))
+            try:
+                await asyncio.wait_for(reader, timeout=max(0.1, stop_at + cfg.drain_s - time.perf_counter()))
+            except TimeoutError:
+                # the server is so far behind that the drain allowance ran out: not a failed call
+                stats.unanswered += len(sent)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, RuntimeError,
-                TimeoutError):
+                TimeoutError) as exc:
             failed = True
-            if reader is not None and reader.done() and not reader.cancelled() and reader.exception() is not None:
-                exc = reader.exception()  # type: ignore[assignment]  # the stream's status beats the write's
-            stats.error(exc, time.perf_counter())
+            reason: BaseException = exc
+            if reader is not None and reader.done() and not reader.cancelled():
+                reason = reader.exception() or exc  # the stream's status beats the write's
+            stats.error(reason, time.perf_counter())
         finally:
             if reader is not None and not reader.done():
                 reader.cancel()
@@ -316,6 +324,7 @@ async def run_bench(target: str, cfg: BenchConfig, feature_dim: int, frame_rate_
         "frame_rate_hz": frame_rate_hz,
         "duration_s": cfg.duration_s,
         "warmup_s": cfg.warmup_s,
+        "drain_s": cfg.drain_s,
         "channels": n_channels,
         "frames": stats.frames,
         "chunks": stats.chunks,
@@ -326,6 +335,7 @@ async def run_bench(target: str, cfg: BenchConfig, feature_dim: int, frame_rate_
         "send_lag_ms": _percentiles(stats.send_lags),
         "errors": errors,
         "error_count": sum(errors.values()),
+        "unanswered_chunks": stats.unanswered,
         "streams_opened": stats.streams_opened if cfg.mode == "stream" else 0,
         "realtime_fraction": round(stats.frames / expected, 4) if expected else None,
         "client_cpu_s": round(cpu, 3),
@@ -354,6 +364,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if report["realtime"]:
         lines.append(f"  client send lag   p50 {_fmt(lag['p50'])}  p99 {_fmt(lag['p99'])} ms")
+    if report["unanswered_chunks"]:
+        errors += f"; {report['unanswered_chunks']} chunk(s) still unanswered {report['drain_s']:g} s after the end"
     lines += [
         f"  errors            {errors}",
         f"  client CPU        {report['client_cpu_s']:.2f} s in {report['client_wall_s']:.2f} s "
@@ -366,10 +378,10 @@ def cmd_bench(client: LstmClient, args: argparse.Namespace) -> int:
     """Run the load generator against the CLI's ``--target``; print the report."""
     meta = client.metadata(args.name, args.version)
     if not meta["ready"]:
-        print(f"error: model '{args.name}' is not ready: {meta.get('error', '')}")
+        print(f"error: model '{args.name}' is not ready: {meta.get('error', '')}", file=sys.stderr)
         return 1
     if args.mode == "stream" and not meta["streamable"]:
-        print(f"error: model '{args.name}' does not stream; use --mode predict")
+        print(f"error: model '{args.name}' does not stream; use --mode predict", file=sys.stderr)
         return 2
     frame_rate = float(meta["frame_rate_hz"]) or 100.0
     cfg = BenchConfig(

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lstmserve.v1 import inference_pb2 as pb
 
 from lstm_client.client import DEFAULT_TARGET, LstmClient, StatusError, event_dict
 from lstm_client.wav import WavError, read_wav
+from lstmserve.v1 import inference_pb2 as pb
 
 DESCRIPTION = f"""\
 Call an lstm-serve endpoint.

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from lstmserve.v1 import inference_pb2 as pb
 from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 

@@ -3,7 +3,8 @@
 Each model version has one :class:`Batcher`. Callers submit *steps*: one sequence's
 frames ``[time, feature_dim]`` plus its recurrent states (each ``[layers, 1, hidden]``).
 The batcher collects pending steps up to ``max_batch_size``, waiting at most
-``max_delay`` counted from the first step, groups them by length (steps of different
+``max_delay`` counted from the first step (but not at all while recent batches held
+about one step each: at low load waiting only adds latency), groups them by length (steps of different
 lengths never share a call, so no padding ever touches a state), stacks each group
 along the batch axis, and runs one onnxruntime call per group on the executor thread.
 Results are split back and each waiter's future resolved.
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 
 StepResult = tuple[np.ndarray, list[np.ndarray]]
 
+LONE_BATCH_THRESHOLD = 1.5
+"""While recent batches average fewer steps than this, a step that finds the queue
+empty runs at once instead of waiting ``max_delay`` for company that is not coming."""
+
+BATCH_SIZE_SMOOTHING = 0.2
+"""Weight of the newest batch in the moving average of batch sizes."""
+
 
 @dataclass(slots=True)
 class _Step:
@@ -67,6 +75,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Step] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._recent_batch = 1.0
         name, version = runtime.manifest.name, runtime.manifest.version
         self._queue_wait = metrics.queue_wait.labels(name, version)
         self._compute = metrics.compute.labels(name, version)
@@ -120,6 +129,8 @@ class Batcher:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if self._recent_batch < LONE_BATCH_THRESHOLD:
+                break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -133,7 +144,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
-            batch = [s for s in await self._collect(first) if not s.future.done()]
+            collected = await self._collect(first)
+            self._recent_batch += BATCH_SIZE_SMOOTHING * (len(collected) - self._recent_batch)
+            batch = [s for s in collected if not s.future.done()]
             if not batch:
                 continue
             groups: dict[int, list[_Step]] = defaultdict(list)

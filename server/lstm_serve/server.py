@@ -15,8 +15,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from lstmserve.v1 import inference_pb2
-from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
 from lstm_serve import __version__
 from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
@@ -26,6 +24,8 @@ from lstm_serve.service import InferenceService
 from lstm_serve.settings import Settings
 from lstm_serve.transport.interceptor import ErrorInterceptor
 from lstm_serve.transport.servicer import InferenceServicer
+from lstmserve.v1 import inference_pb2
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

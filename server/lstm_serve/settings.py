@@ -73,7 +73,8 @@ class BatchingSettings(BaseModel):
     """Most sequences in one onnxruntime call."""
 
     max_delay_ms: float = Field(2.0, ge=0)
-    """How long the first pending step may wait for others to join its batch."""
+    """How long the first pending step may wait for others to join its batch. Applied
+    only under load (recent batches above ~1.5 steps); a lone step runs at once."""
 
     max_queue: int = Field(2048, ge=1)
     """Most steps waiting per model; beyond it requests get RESOURCE_EXHAUSTED."""

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from lstm_client import LstmClient, StatusError
 from lstm_serve.features import logmel
 from lstmserve.v1 import inference_pb2 as pb
-
 from tests.conftest import AUDIO_FRONTEND, FixtureModels
 from tests.harness import ServerHandle, metric_sum, scrape, start_server
 from tests.integration.test_sessions import active_sessions

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from lstm_client import LstmClient, StatusError
 from lstmserve.v1 import inference_pb2 as pb
-
 from tests.conftest import FEATURE_DIM
 from tests.harness import ServerHandle, wait_until
 from tests.integration.test_predict_stream import frames

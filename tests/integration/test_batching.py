@@ -42,7 +42,7 @@ def run_streams(client: LstmClient, model: str, inputs: list[np.ndarray]) -> lis
                 start += size
             barrier.wait()
             got[i] = client.stream(model, chunks).outputs
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]

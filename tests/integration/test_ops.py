@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from lstm_client import StatusError
 
+from lstm_client import StatusError
 from tests.conftest import FixtureModels
 from tests.harness import ServerHandle, metric_sum, scrape, start_server
 from tests.integration.test_predict_stream import frames

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-from lstm_train.model import RecurrentNet
 
+from lstm_train.model import RecurrentNet
 from tests.conftest import FEATURE_DIM, FixtureModels
 from tests.harness import ServerHandle
 

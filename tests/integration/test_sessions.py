@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lstm_client import StatusError
 
+from lstm_client import StatusError
 from tests.conftest import FixtureModels
 from tests.harness import ServerHandle, metric_sum, scrape, start_server, wait_until
 from tests.integration.test_predict_stream import ATOL, frames

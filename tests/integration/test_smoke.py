@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lstm_train.model import RecurrentNet
 
+from lstm_train.model import RecurrentNet
 from tests.conftest import FEATURE_DIM, FixtureModels
 from tests.harness import ServerHandle
 

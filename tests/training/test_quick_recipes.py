@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from lstm_serve.manifest import check_against_graph, load_manifest
 from lstm_train.cli import main
 

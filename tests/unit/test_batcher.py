@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 from lstm_serve.batching import Batcher
 from lstm_serve.errors import Overloaded
 from lstm_serve.manifest import load_manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.runtime import ModelRuntime
-
 from tests.conftest import FEATURE_DIM, FixtureModels
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from lstm_serve.metrics import Metrics
 from lstm_serve.settings import env_var_names
-
 from tests.harness import REPO
 
 README = (REPO / "README.md").read_text()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+
 from lstm_serve.errors import ManifestError
 from lstm_serve.manifest import check_against_graph, load_manifest
 from lstm_serve.repository import ModelRepository
-
 from tests.conftest import FixtureModels
 
 

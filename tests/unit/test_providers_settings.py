@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lstm_serve.main import build_parser, settings_from_args
 from lstm_serve.providers import ProviderError, choose_providers
 from lstm_serve.settings import Settings, env_var_names

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.features import StreamingLogMel, logmel
 from lstm_serve.manifest import KeywordPostprocess
-from tqdm import tqdm
-
 from lstm_train import kws_data as kd
 from lstm_train.export import build_manifest, export_package, update_provenance
 from lstm_train.model import NetConfig, RecurrentNet
@@ -77,9 +77,9 @@ class Scale:
 
 
 FULL = Scale(
-    keyword_renditions=4, filler_renditions=1, train_streams=3000, val_streams=200,
+    keyword_renditions=8, filler_renditions=1, train_streams=5000, val_streams=200,
     stream_seconds=3.0, val_clips_per_class=30, val_sentences=30, test_clips_per_class=100,
-    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=1, epochs=10, batch=32,
+    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=14, batch=64,
     variants=None,
 )
 QUICK = Scale(
@@ -108,7 +108,7 @@ def _streams(
 ) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for _ in tqdm(range(count), desc=desc, disable=quiet, leave=False, unit="stream"):
-        audio, segments = kd.compose(bank, rng, seconds)
+        audio, segments = kd.compose(bank, rng, seconds, p_keyword=0.6, tilt=True)
         feats = logmel(audio, kd.FRONTEND)
         xs.append(feats)
         ys.append(kd.frame_labels(feats.shape[0], segments))
@@ -476,7 +476,7 @@ def write_demo(package_dir: Path, out: Path, count: int = 4) -> list[dict[str, A
         audio = np.clip(audio + kd.noise(audio.size, rng) * 0.3, -1, 1)
         attempt += 1
         events = stream_events(pkg, audio)
-        tp, fp, fn = match_events(events, refs)
+        _tp, fp, fn = match_events(events, refs)
         if fp or fn:
             continue  # a demo must work; selection is documented in docs/training.md
         name = f"demo{len(index) + 1}"
@@ -486,11 +486,11 @@ def write_demo(package_dir: Path, out: Path, count: int = 4) -> list[dict[str, A
               (np.clip(resample(audio, 16000, 48000), -1, 32767 / 32768) * 32768).astype("<i2"),
               48000)] if not index else []
         ):
-            with wave.open(str(path), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(rate)
-                w.writeframes(data.tobytes())
+            with wave.open(str(path), "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(rate)
+                wav.writeframes(data.tobytes())
         entry = {
             "wav": f"{name}.wav",
             "sample_rate_hz": kd.SAMPLE_RATE,

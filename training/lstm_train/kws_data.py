@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from lstm_serve.manifest import LogMelFrontend
 
+from lstm_serve.manifest import LogMelFrontend
 from lstm_train.synth import ACCENTS, speaker, voice_variants
 
 SAMPLE_RATE = 16000
@@ -176,8 +176,13 @@ def compose(
     p_keyword: float = 0.5,
     gap_s: tuple[float, float] = (0.1, 0.7),
     lead_s: tuple[float, float] = (0.05, 0.6),
+    tilt: bool = False,
 ) -> tuple[np.ndarray, list[Segment]]:
-    """A stream of about ``seconds`` seconds: words, silences and noise."""
+    """A stream of about ``seconds`` seconds: words, silences and noise.
+
+    With ``tilt``, each word also goes through a random first-order filter
+    ``y[n] = x[n] + a*x[n-1]`` (``a`` in [-0.6, 0.6]), a cheap change of timbre that
+    helps the model generalize to unseen voices."""
     total = int(seconds * SAMPLE_RATE)
     audio = np.zeros(total, np.float32)
     segments: list[Segment] = []
@@ -188,7 +193,13 @@ def compose(
         if pos + n > total:
             break
         gain = 10 ** rng.uniform(-0.6, 0.25)
-        audio[pos : pos + n] += rend.audio * gain
+        word = rend.audio
+        if tilt:
+            a = rng.uniform(-0.6, 0.6)
+            word = word.copy()
+            word[1:] += a * rend.audio[:-1]
+            word /= 1 + abs(a)
+        audio[pos : pos + n] += word * gain
         segments.append(Segment(rend.word, pos, pos + n))
         pos += n + int(rng.uniform(*gap_s) * SAMPLE_RATE)
     audio += noise(total, rng)

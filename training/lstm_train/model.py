@@ -54,6 +54,9 @@ class RecurrentNet(nn.Module):
       unidirectional net, the time-mean of the outputs for a bidirectional one.
     """
 
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from lstm_serve.manifest import MODEL_FILE, Manifest, load_manifest
 from tqdm import tqdm
 
+from lstm_serve.manifest import MODEL_FILE, Manifest, load_manifest
 from lstm_train.model import RecurrentNet
 
 Batch = tuple[torch.Tensor, ...]
@@ -40,9 +40,10 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def set_threads() -> None:
-    """Use at most the CPUs available (``LSTM_TRAIN_THREADS`` overrides)."""
-    n = int(os.environ.get("LSTM_TRAIN_THREADS", "0")) or min(os.cpu_count() or 1, 4)
+def set_threads(default: int | None = None) -> None:
+    """Set torch's intra-op threads: ``LSTM_TRAIN_THREADS`` if set, else ``default``,
+    else the CPUs available (at most 4)."""
+    n = int(os.environ.get("LSTM_TRAIN_THREADS", "0")) or default or min(os.cpu_count() or 1, 4)
     torch.set_num_threads(n)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import numpy as np
-from lstmserve.v1 import inference_pb2 as pb
 
 from lstm_serve.domain import (
     AudioFormat,
@@ -27,6 +26,7 @@ from lstm_serve.events import Event
 from lstm_serve.manifest import LogMelFrontend
 from lstm_serve.repository import ModelEntry
 from lstm_serve.service import StreamEnd, StreamMessage, StreamReply
+from lstmserve.v1 import inference_pb2 as pb
 
 FLOAT32 = np.dtype("<f4")
 _HEADS = {"per_frame": pb.HEAD_KIND_PER_FRAME, "sequence": pb.HEAD_KIND_SEQUENCE}

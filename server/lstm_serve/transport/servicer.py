@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from lstmserve.v1 import inference_pb2 as pb
-from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
 from lstm_serve.service import InferenceService
 from lstm_serve.transport import convert
+from lstmserve.v1 import inference_pb2 as pb
+from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
