@@ -6,13 +6,21 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+from multiprocessing.connection import wait
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
 from pydantic import ValidationError
 
 from lstm_serve import __version__
+from lstm_serve.metrics import multiprocess_registry, serve_metrics
 from lstm_serve.providers import ProviderError
 from lstm_serve.server import LstmServer
 from lstm_serve.settings import Settings
@@ -28,6 +36,7 @@ examples:
   lstm-serve                                   # bundled models on :50051, metrics on :9090
   lstm-serve --models ./models --port 6000
   lstm-serve --no-batching                     # the baseline for benchmarks
+  lstm-serve --workers 2                       # two processes share the port
   LSTM_SERVE_SESSIONS__TTL_S=60 lstm-serve     # expire idle sessions after a minute
   lstm-serve --print-settings                  # the effective settings as JSON
 """
@@ -61,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, help="session cap [LSTM_SERVE_SESSIONS__MAX_SESSIONS, default 10000]")
     p.add_argument("--grace", type=float, help="drain grace, seconds [LSTM_SERVE_SERVER__GRACE_PERIOD_S, default 10]")
     p.add_argument("--log-level", help="[LSTM_SERVE_SERVER__LOG_LEVEL, default INFO]")
+    p.add_argument(
+        "--workers", type=int, help="server processes sharing the port [LSTM_SERVE_SERVER__WORKERS, default 1]"
+    )
     p.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
     p.add_argument("--version", action="version", version=f"lstm-serve {__version__}")
     return p
@@ -75,6 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("server", "models_dir"): args.models,
         ("server", "grace_period_s"): args.grace,
         ("server", "log_level"): args.log_level,
+        ("server", "workers"): args.workers,
         ("metrics", "port"): args.metrics_port,
         ("metrics", "enabled"): False if args.no_metrics else None,
         ("providers", "providers"): args.providers.split(",") if args.providers else None,
@@ -107,6 +120,91 @@ async def serve(settings: Settings) -> None:
     await server.wait_stopped()
 
 
+def _worker(settings_json: str) -> None:
+    """Entry point of one worker process (``--workers N``)."""
+    settings = Settings.model_validate_json(settings_json)
+    _configure_logging(settings)
+    try:
+        asyncio.run(serve(settings))
+    except ProviderError as exc:
+        logging.getLogger("lstm_serve").error("%s", exc)
+        sys.exit(2)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def run_workers(settings: Settings) -> int:
+    """Run ``settings.server.workers`` server processes on one port and serve their
+    aggregated metrics from this process until SIGTERM/SIGINT."""
+    log = logging.getLogger("lstm_serve")
+    metrics_dir = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    port = settings.server.port or _free_port(settings.server.host)
+    worker_settings = settings.model_copy(
+        update={
+            "server": settings.server.model_copy(update={"port": port}),
+            "metrics": settings.metrics.model_copy(update={"enabled": False}),
+        }
+    )
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(worker_settings.model_dump_json(),), name=f"lstm-serve-worker-{i}")
+        for i in range(settings.server.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    log.info("started %d workers on port %d: pids %s", len(workers), port, [w.pid for w in workers])
+    endpoint = (
+        serve_metrics(multiprocess_registry(metrics_dir), settings.metrics.host, settings.metrics.port)
+        if settings.metrics.enabled
+        else None
+    )
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("received %s: draining %d workers", signal.Signals(signum).name, len(workers))
+        stopping = True
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    alive = list(workers)
+    while alive:
+        for sentinel in wait([w.sentinel for w in alive]):
+            worker = next(w for w in alive if w.sentinel == sentinel)
+            worker.join()
+            alive.remove(worker)
+            if worker.pid is not None:
+                mark_process_dead(worker.pid, metrics_dir)
+            if not stopping:
+                log.error("worker %s exited with %s; stopping the others", worker.pid, worker.exitcode)
+                code = 1
+                on_signal(signal.SIGTERM, None)
+            elif worker.exitcode:
+                code = 1
+    if endpoint is not None:
+        endpoint.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    log.info("stopped")
+    return code
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lstm-serve`` console script."""
     args = build_parser().parse_args(argv)
@@ -118,10 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_settings:
         print(json.dumps(settings.model_dump(), indent=2))
         return 0
-    logging.basicConfig(
-        level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(settings)
+    if settings.server.workers > 1:
+        return run_workers(settings)
     try:
         asyncio.run(serve(settings))
     except ProviderError as exc:

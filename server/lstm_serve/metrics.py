@@ -2,6 +2,10 @@
 
 Each server instance owns a fresh :class:`~prometheus_client.CollectorRegistry`, so
 tests that start several servers in one process do not leak series into each other.
+With ``--workers N`` the values live in prometheus-client's multiprocess files
+(``PROMETHEUS_MULTIPROC_DIR``) and the parent process serves their aggregate; gauges
+declare how they aggregate, and info-style series are gauges set to 1 (the
+multiprocess mode supports no Info metric).
 Names carry unit suffixes and share one label vocabulary: ``model``, ``version``,
 ``method``, ``code``, ``reason``.
 """
@@ -16,9 +20,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     start_http_server,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "lstm_serve"
 
@@ -95,11 +99,13 @@ class Metrics:
             "Sessions attached to an open stream or a running Predict call.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.sessions_stored = Gauge(
             f"{PREFIX}_sessions_stored",
             "Sessions whose state is held in the store (attached or detached).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.sessions_created = Counter(
             f"{PREFIX}_sessions_created_total",
@@ -146,14 +152,20 @@ class Metrics:
             "1 when a model version loaded and serves, 0 when its package is broken.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemin",
         )
-        self.providers = Info(
-            f"{PREFIX}_model_providers",
-            "Execution providers onnxruntime uses for each model version.",
-            ["model", "version"],
+        self.providers = Gauge(
+            f"{PREFIX}_model_providers_info",
+            "Always 1; the providers label lists the execution providers onnxruntime uses "
+            "for each model version.",
+            ["model", "version", "providers"],
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.build = Info(f"{PREFIX}_build", "Server version.", registry=r)
+        self.build = Gauge(
+            f"{PREFIX}_build_info", "Always 1; the version label is the server version.", ["version"],
+            registry=r, multiprocess_mode="livemax",
+        )
 
 
 @dataclass
@@ -174,8 +186,15 @@ class MetricsEndpoint:
             server_close()
 
 
-def serve_metrics(metrics: Metrics, host: str, port: int) -> MetricsEndpoint:
-    """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread."""
-    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
+    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
     bound_port = server.server_address[1]
     return MetricsEndpoint(port=int(bound_port), _server=server, _thread=thread)
+
+
+def multiprocess_registry(directory: str) -> CollectorRegistry:
+    """A registry that aggregates the metric files every worker writes in ``directory``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry

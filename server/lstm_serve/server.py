@@ -60,19 +60,19 @@ class LstmServer:
             s.providers.intra_op_threads,
             s.providers.inter_op_threads,
         )
-        self.metrics.build.info({"version": __version__})
+        self.metrics.build.labels(__version__).set(1)
         for entry in repository:
             self.metrics.model_ready.labels(entry.name, entry.version).set(1 if entry.ready else 0)
             if entry.runtime is not None:
-                self.metrics.providers.labels(entry.name, entry.version).info(
-                    {"providers": ",".join(entry.runtime.providers)}
-                )
+                in_use = ",".join(entry.runtime.providers)
+                self.metrics.providers.labels(entry.name, entry.version, in_use).set(1)
         self.service = InferenceService(repository, s, self.metrics)
         await self.service.start()
         options = [
             ("grpc.max_receive_message_length", s.server.max_message_bytes),
             ("grpc.max_send_message_length", max(s.server.max_message_bytes, 64 * 1024 * 1024)),
-            ("grpc.so_reuseport", 0),
+            # Workers share the port; a lone server must own it, so a second one fails fast.
+            ("grpc.so_reuseport", 1 if s.server.workers > 1 else 0),
         ]
         server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)], options=options)
         pb_grpc.add_InferenceServicer_to_server(InferenceServicer(self.service), server)
@@ -85,7 +85,7 @@ class LstmServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {s.server.host}:{s.server.port}")
         if s.metrics.enabled:
-            self._metrics_endpoint = serve_metrics(self.metrics, s.metrics.host, s.metrics.port)
+            self._metrics_endpoint = serve_metrics(self.metrics.registry, s.metrics.host, s.metrics.port)
             self.metrics_port = self._metrics_endpoint.port
         await server.start()
         self._server = server

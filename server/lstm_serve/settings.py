@@ -37,6 +37,13 @@ class ServerSettings(BaseModel):
     log_level: str = "INFO"
     """Python logging level name."""
 
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the gRPC port (SO_REUSEPORT). The kernel spreads
+    connections over them; each process owns the sessions of the streams on its
+    connections. Sessions are per process: a unary ``session_id`` call must reuse the
+    channel (connection) that created the session. Metrics are aggregated by the parent
+    process. 1 serves from this process."""
+
 
 class SessionSettings(BaseModel):
     """Server-side session state."""
