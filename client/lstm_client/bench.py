@@ -5,7 +5,10 @@ drives them for a fixed duration, either paced at real time (one chunk of K fram
 every K / frame_rate seconds per stream, like a microphone or a sensor) or as fast as
 possible (closed loop: each stream sends its next chunk when the previous one is
 answered). Everything runs in one asyncio loop with ``grpc.aio`` over several
-channels (separate TCP connections), in this process, which is never the server's.
+channels (separate TCP connections, min(N, 8) by default), in this process, which is
+never the server's. Against ``lstm-serve --workers N`` the kernel (SO_REUSEPORT)
+spreads those connections, not the streams, over the workers, so use at least a few
+channels per worker.
 
 Measured over the window after ``--warmup``:
 

@@ -162,13 +162,14 @@ class InferenceService:
             self._idle.set()
 
     # ---- models --------------------------------------------------------------------
-    def list_models(self) -> list[ModelEntry]:
-        """Every model version, ready or not."""
-        return list(self.repository)
+    def list_models(self) -> list[tuple[ModelEntry, list[str]]]:
+        """Every model version, ready or not, with all versions of its model."""
+        return [(entry, self.repository.versions(entry.name)) for entry in self.repository]
 
-    def model(self, ref: ModelRef) -> ModelEntry:
-        """One model version (ready or not); NOT_FOUND when unknown."""
-        return self.repository.find(ref.name, ref.version)
+    def model(self, ref: ModelRef) -> tuple[ModelEntry, list[str]]:
+        """One model version (ready or not) and all versions of its model; NOT_FOUND when unknown."""
+        entry = self.repository.find(ref.name, ref.version)
+        return entry, self.repository.versions(entry.name)
 
     def _runtime(self, ref: ModelRef) -> tuple[ModelRuntime, Batcher]:
         entry, runtime = self.repository.resolve(ref.name, ref.version)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from lstm_serve.manifest import LogMelFrontend
 from lstm_train.synth import ACCENTS, speaker, voice_variants
@@ -180,25 +181,28 @@ def compose(
 ) -> tuple[np.ndarray, list[Segment]]:
     """A stream of about ``seconds`` seconds: words, silences and noise.
 
-    With ``tilt``, each word also goes through a random first-order filter
-    ``y[n] = x[n] + a*x[n-1]`` (``a`` in [-0.6, 0.6]), a cheap change of timbre that
-    helps the model generalize to unseen voices."""
+    With ``tilt`` (training augmentation), each word is also resampled by a random
+    factor in 0.85-1.15 (which shifts pitch, formants and duration together, like a
+    different vocal tract) and goes through a random first-order filter
+    ``y[n] = x[n] + a*x[n-1]`` (``a`` in [-0.6, 0.6]), a cheap change of timbre; both
+    help the model generalize to unseen voices."""
     total = int(seconds * SAMPLE_RATE)
     audio = np.zeros(total, np.float32)
     segments: list[Segment] = []
     pos = int(rng.uniform(*lead_s) * SAMPLE_RATE)
     while True:
         rend = _pick(bank, rng, p_keyword)
-        n = rend.audio.size
+        word = rend.audio
+        if tilt:
+            word = resample_poly(word, 20, int(rng.integers(17, 24))).astype(np.float32)
+            a = rng.uniform(-0.6, 0.6)
+            shaped = word.copy()
+            shaped[1:] += a * word[:-1]
+            word = shaped / (1 + abs(a))
+        n = word.size
         if pos + n > total:
             break
         gain = 10 ** rng.uniform(-0.6, 0.25)
-        word = rend.audio
-        if tilt:
-            a = rng.uniform(-0.6, 0.6)
-            word = word.copy()
-            word[1:] += a * rend.audio[:-1]
-            word /= 1 + abs(a)
         audio[pos : pos + n] += word * gain
         segments.append(Segment(rend.word, pos, pos + n))
         pos += n + int(rng.uniform(*gap_s) * SAMPLE_RATE)
@@ -221,29 +225,37 @@ def frame_labels(n_frames: int, segments: Sequence[Segment]) -> np.ndarray:
     return labels
 
 
+CLIP_SECONDS = 1.5
+#: a streaming detector reports a word after hearing it: clips keep this much after it
+CLIP_TAIL_S = 0.4
+
+
 def clip_set(
     bank: WordBank, rng: np.random.Generator, per_class: int
 ) -> tuple[list[np.ndarray], list[str]]:
-    """1 s clips: ``per_class`` per keyword, plus as many filler and noise-only clips.
+    """1.5 s clips: ``per_class`` per keyword, plus as many filler and noise-only clips.
 
-    The word sits at a random offset; label is the keyword, ``_unknown_`` or
-    ``_silence_``.
+    The word starts at a random offset in the first 0.1-0.5 s and is followed by at
+    least :data:`CLIP_TAIL_S` of noise, so that a causal detector has heard the whole
+    word by the clip's end. Label: the keyword, ``_unknown_`` or ``_silence_``.
     """
     clips: list[np.ndarray] = []
     labels: list[str] = []
     classes = [*bank.keywords, UNKNOWN, SILENCE]
+    n = int(CLIP_SECONDS * SAMPLE_RATE)
+    tail = int(CLIP_TAIL_S * SAMPLE_RATE)
     for label in classes:
         for i in range(per_class):
-            audio = np.zeros(SAMPLE_RATE, np.float32)
+            audio = np.zeros(n, np.float32)
             if label != SILENCE:
                 pool = bank.fillers if label == UNKNOWN else bank.keywords[label]
                 # cycle through renditions so every voice is represented
                 rend = pool[(i * 7919 + int(rng.integers(len(pool)))) % len(pool)
                             if label == UNKNOWN else i % len(pool)]
-                word = rend.audio[: SAMPLE_RATE - 800]
-                offset = int(rng.integers(0, SAMPLE_RATE - word.size - 400 + 1))
+                offset = int(rng.uniform(0.1, 0.5) * SAMPLE_RATE)
+                word = rend.audio[: n - offset - tail]
                 audio[offset : offset + word.size] += word * 10 ** rng.uniform(-0.6, 0.25)
-            audio += noise(SAMPLE_RATE, rng)
+            audio += noise(n, rng)
             clips.append(np.clip(audio, -1.0, 1.0))
             labels.append(label)
     return clips, labels

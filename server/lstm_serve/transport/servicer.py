@@ -22,15 +22,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         """Every model version, ready or not."""
-        repo = self._service.repository
-        return convert.list_models_response([(e, repo.versions(e.name)) for e in repo])
+        return convert.list_models_response(self._service.list_models())
 
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadata:
         """One model version's metadata."""
-        entry = self._service.model(convert.model_ref(request.model))
-        return convert.model_metadata(entry, self._service.repository.versions(entry.name))
+        return convert.model_metadata(*self._service.model(convert.model_ref(request.model)))
 
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
