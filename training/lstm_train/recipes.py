@@ -218,13 +218,13 @@ SENSOR_RECIPES = {
         "smartwatch's accelerometer and gyroscope (UEA BasicMotions, 10 Hz); per-frame "
         "outputs, the last frame's is the sequence label.",
         cell="lstm", bidirectional=False, hidden=64, layers=1, epochs=80, lr=5e-3, batch=8,
-        val_fraction=0.2, noise=0.05, frame_rate_hz=10.0, frame_weight=0.5,
+        val_fraction=0.2, noise=0.1, frame_rate_hz=10.0, frame_weight=0.5, weight_decay=1e-2,
     ),
     "har-gru": SensorRecipe(
         name="har-gru", dataset="basic_motions",
         description="The har task with a GRU: one recurrent state (h) instead of two.",
         cell="gru", bidirectional=False, hidden=64, layers=1, epochs=80, lr=5e-3, batch=8,
-        val_fraction=0.2, noise=0.05, frame_rate_hz=10.0, frame_weight=0.5,
+        val_fraction=0.2, noise=0.1, frame_rate_hz=10.0, frame_weight=0.5, weight_decay=1e-2,
     ),
     "vowels": SensorRecipe(
         name="vowels", dataset="japanese_vowels",
