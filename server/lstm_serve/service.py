@@ -95,9 +95,6 @@ class InferenceService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._reaper: asyncio.Task[None] | None = None
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -123,14 +120,6 @@ class InferenceService:
         """Refuse new sessions and calls from now on; in-flight work continues."""
         self.draining = True
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is in flight, at most ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     async def close(self) -> None:
         """Stop the reaper and batchers and drop all sessions."""
         if self._reaper is not None:
@@ -149,17 +138,10 @@ class InferenceService:
             if expired:
                 log.info("expired %d idle session(s)", len(expired))
 
-    def _enter(self) -> None:
+    def _refuse_when_draining(self) -> None:
         if self.draining:
             self.metrics.sessions_rejected.labels("draining").inc()
             raise Draining("server is draining (shutting down); retry on another replica")
-        self._inflight += 1
-        self._idle.clear()
-
-    def _leave(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._idle.set()
 
     # ---- models --------------------------------------------------------------------
     def list_models(self) -> list[tuple[ModelEntry, list[str]]]:
@@ -178,13 +160,7 @@ class InferenceService:
     # ---- Predict -------------------------------------------------------------------
     async def predict(self, request: PredictInput) -> PredictOutput:
         """Run whole sequences, optionally continuing a session."""
-        self._enter()
-        try:
-            return await self._predict(request)
-        finally:
-            self._leave()
-
-    async def _predict(self, request: PredictInput) -> PredictOutput:
+        self._refuse_when_draining()
         runtime, batcher = self._runtime(request.model)
         manifest = runtime.manifest
         ref = ModelRef(manifest.name, manifest.version)
@@ -287,28 +263,25 @@ class InferenceService:
             return
         if not isinstance(first, StreamConfig):
             raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
-        self._enter()
+        self._refuse_when_draining()
+        stream = self._open_stream(first)
         try:
-            stream = self._open_stream(first)
-            try:
-                yield stream.started
-                while True:
-                    message = await self._next_message(iterator)
-                    if message is None:
-                        return
-                    if isinstance(message, StreamConfig):
-                        raise InvalidInput("config: sent twice; config must be the first message only")
-                    if isinstance(message, StreamEnd):
-                        for reply in await stream.end(message.keep_session):
-                            yield reply
-                        if await self._next_message(iterator) is not None:
-                            raise InvalidInput("a message arrived after end; end must be the last message")
-                        return
-                    yield await stream.process(message, time.perf_counter())
-            finally:
-                stream.close()
+            yield stream.started
+            while True:
+                message = await self._next_message(iterator)
+                if message is None:
+                    return
+                if isinstance(message, StreamConfig):
+                    raise InvalidInput("config: sent twice; config must be the first message only")
+                if isinstance(message, StreamEnd):
+                    for reply in await stream.end(message.keep_session):
+                        yield reply
+                    if await self._next_message(iterator) is not None:
+                        raise InvalidInput("a message arrived after end; end must be the last message")
+                    return
+                yield await stream.process(message, time.perf_counter())
         finally:
-            self._leave()
+            stream.close()
 
     async def _next_message(self, iterator: AsyncIterator[StreamMessage]) -> StreamMessage | None:
         timeout = self.settings.sessions.stream_idle_timeout_s
