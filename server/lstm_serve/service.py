@@ -178,12 +178,15 @@ class InferenceService:
         if request.session_id:
             return await self._predict_session(request, runtime, batcher, ref)
         states = self._initial_states(request, runtime)
-        results = await asyncio.gather(
-            *(
-                batcher.submit(seq, [s[:, i : i + 1] for s in states])
-                for i, seq in enumerate(request.sequences)
+        if len(request.sequences) == 1:
+            results = [await batcher.submit(request.sequences[0], states)]
+        else:
+            results = await asyncio.gather(
+                *(
+                    batcher.submit(seq, [s[:, i : i + 1] for s in states])
+                    for i, seq in enumerate(request.sequences)
+                )
             )
-        )
         outputs = [r[0] for r in results]
         final_states = {}
         if request.return_state:
