@@ -7,8 +7,8 @@ import json
 import urllib.request
 
 import pytest
-from lstm_serve.metrics import Metrics
 
+from lstm_serve.metrics import Metrics
 from tests.deploy.deploylib import (
     DASHBOARD,
     Manifest,

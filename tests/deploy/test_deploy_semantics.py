@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-from lstm_serve.settings import Settings, env_var_names
 
+from lstm_serve.settings import Settings, env_var_names
 from tests.deploy.deploylib import (
     Manifest,
     Rendered,
