@@ -18,7 +18,7 @@ def _post(**overrides: object) -> KeywordPostprocess:
         background_labels=["_silence_", "_unknown_"], min_frames=1,
     )
     base.update(overrides)
-    return KeywordPostprocess(**base)  # type: ignore[arg-type]
+    return KeywordPostprocess.model_validate(base)
 
 
 def _posteriors(frames: int, spans: list[tuple[str, int, int, float]]) -> np.ndarray:
@@ -53,7 +53,9 @@ def _finals(events: list[Event]) -> list[Event]:
 def test_one_keyword_gives_one_final_event() -> None:
     y = _posteriors(100, [("yes", 20, 40, 0.9)])
     events = _finals(_run(_post(), y))
-    assert events == [Event("yes", 0.2, 0.4, pytest.approx(0.9), True)]
+    assert len(events) == 1
+    assert (events[0].label, events[0].start_s, events[0].end_s) == ("yes", 0.2, 0.4)
+    assert events[0].score == pytest.approx(0.9) and events[0].is_final
 
 
 def test_threshold_is_inclusive_and_background_never_fires() -> None:
@@ -113,7 +115,9 @@ def test_flush_closes_an_open_detection() -> None:
     y = _posteriors(50, [("no", 30, 50, 0.95)])
     spotter = KeywordSpotter(_post(), LABELS, RATE)
     assert [e.is_final for e in spotter.update(y)] == [False]
-    assert spotter.flush() == [Event("no", 0.3, 0.5, pytest.approx(0.95), True)]
+    (final,) = spotter.flush()
+    assert (final.label, final.start_s, final.end_s, final.is_final) == ("no", 0.3, 0.5, True)
+    assert final.score == pytest.approx(0.95)
     assert spotter.flush() == []
 
 

@@ -130,6 +130,10 @@ def _export_onnx(net: RecurrentNet, path: Path) -> None:
         # torch.nn.LSTM's own shape checks trip the tracer; they hold for every input
         # the manifest allows, and the dynamic-axes and parity checks below confirm it.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The legacy exporter is chosen on purpose (native LSTM/GRU ops, dynamic axes).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="The feature will be removed.*")
         torch.onnx.export(
             net,
             (example_x, *states),

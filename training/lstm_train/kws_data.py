@@ -182,7 +182,7 @@ def compose(
     """A stream of about ``seconds`` seconds: words, silences and noise.
 
     With ``tilt`` (training augmentation), each word is also resampled by a random
-    factor in 0.85-1.15 (which shifts pitch, formants and duration together, like a
+    factor in 0.8-1.25 (which shifts pitch, formants and duration together, like a
     different vocal tract) and goes through a random first-order filter
     ``y[n] = x[n] + a*x[n-1]`` (``a`` in [-0.6, 0.6]), a cheap change of timbre; both
     help the model generalize to unseen voices."""
@@ -194,7 +194,7 @@ def compose(
         rend = _pick(bank, rng, p_keyword)
         word = rend.audio
         if tilt:
-            word = resample_poly(word, 20, int(rng.integers(17, 24))).astype(np.float32)
+            word = resample_poly(word, 20, int(rng.integers(16, 26))).astype(np.float32)
             a = rng.uniform(-0.6, 0.6)
             shaped = word.copy()
             shaped[1:] += a * word[:-1]
