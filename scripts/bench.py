@@ -39,18 +39,19 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lstm_client.launch import ServerProcess as Server
+from lstm_client.launch import free_port, run_server
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -94,13 +95,6 @@ SERVER_CONFIGS = [
 def log(message: str) -> None:
     """Progress on stderr."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def process_cpu_s(pid: int) -> float:
@@ -248,53 +242,6 @@ def ort_p50(runtime: Any, frames: int, calls: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- servers
-@dataclass
-class Server:
-    """A server subprocess."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    metrics_port: int
-    log_path: Path
-
-    @property
-    def target(self) -> str:
-        """HOST:PORT."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """The Prometheus endpoint."""
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-
-@contextlib.contextmanager
-def run_server(cmd: list[str], port: int, metrics_port: int, log_path: Path) -> Iterator[Server]:
-    """Start ``cmd``, wait until gRPC health says SERVING, SIGTERM it at the end."""
-    from lstm_client import LstmClient
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    server = Server(process, port, metrics_port, log_path)
-    try:
-        with LstmClient(server.target, timeout=10) as client:
-            try:
-                client.wait_ready(timeout=120)
-            except TimeoutError:
-                raise RuntimeError(f"{cmd[0]} did not become ready; see {log_path}") from None
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def lstm_server(models_dir: Path, config: ServerConfig) -> contextlib.AbstractContextManager[Server]:
     """``lstm-serve`` on free loopback ports with ``config``'s flags."""
     port, metrics_port = free_port(), free_port()
@@ -302,14 +249,14 @@ def lstm_server(models_dir: Path, config: ServerConfig) -> contextlib.AbstractCo
         str(BIN / "lstm-serve"), "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
         "--models", str(models_dir), "--grace", "2", "--log-level", "WARNING", *config.args,
     ]
-    return run_server(cmd, port, metrics_port, WORK / "logs" / f"server-{config.key}.log")
+    return run_server(cmd, port, metrics_port, WORK / "logs" / f"server-{config.key}.log", cwd=REPO, ready_timeout=120)
 
 
 def echo_server() -> contextlib.AbstractContextManager[Server]:
     """This script's bare grpc.aio echo server (with a health service) in its own process."""
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--echo-server", str(port)]
-    return run_server(cmd, port, 0, WORK / "logs" / "echo-server.log")
+    return run_server(cmd, port, 0, WORK / "logs" / "echo-server.log", cwd=REPO, ready_timeout=120)
 
 
 async def _serve_echo(port: int) -> None:
