@@ -94,3 +94,16 @@ def test_unsupported_wav_is_refused(bundled_server: ServerHandle, tmp_path: Path
             capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 2 and fragment in done.stderr, done.stderr
+
+
+def test_partial_events_precede_their_final(bundled_server: ServerHandle) -> None:
+    wav = read_wav(DEMO / INDEX[0]["wav"])
+    with bundled_server.client() as client:
+        result = client.stream("kws", wav.chunks(50), audio=(wav.encoding, wav.sample_rate_hz))
+    seen = [(e.label, round(e.start_s, 3), e.is_final) for r in result.results for e in r.events]
+    finals = [(label, start) for label, start, final in seen if final]
+    assert finals == [(e.label, round(e.start_s, 3)) for e in result.events]
+    for label, start in finals:
+        updates = [final for lab, st, final in seen if (lab, st) == (label, start)]
+        assert updates[-1] and updates.count(True) == 1
+        assert not all(updates), f"{label} at {start} s was never reported as partial first"
