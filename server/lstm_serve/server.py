@@ -23,13 +23,10 @@ from lstm_serve.repository import ModelRepository
 from lstm_serve.service import InferenceService
 from lstm_serve.settings import Settings
 from lstm_serve.transport.interceptor import ErrorInterceptor
-from lstm_serve.transport.servicer import InferenceServicer
-from lstmserve.v1 import inference_pb2
-from lstmserve.v1 import inference_pb2_grpc as pb_grpc
+from lstm_serve.transport.servicer import SERVICE_NAME, add_inference_service
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -75,7 +72,7 @@ class LstmServer:
             ("grpc.so_reuseport", 1 if s.server.workers > 1 else 0),
         ]
         server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)], options=options)
-        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(self.service), server)
+        add_inference_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],

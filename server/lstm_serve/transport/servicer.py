@@ -11,6 +11,14 @@ from lstm_serve.transport import convert
 from lstmserve.v1 import inference_pb2 as pb
 from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+"""``lstmserve.v1.Inference``: the name health and reflection report."""
+
+
+def add_inference_service(service: InferenceService, server: grpc.aio.Server) -> None:
+    """Register the Inference servicer for ``service`` on ``server``."""
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(service), server)
+
 
 class InferenceServicer(pb_grpc.InferenceServicer):
     """Thin gRPC adapter over :class:`~lstm_serve.service.InferenceService`."""
