@@ -42,8 +42,9 @@ test: $(STAMP) deploy-tools proto-check lint ## the whole test suite (what CI ru
 gpu-check: $(STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
 	$(BIN)/python scripts/gpu_check.py
 
-train: $(STAMP) ## retrain every bundled model into models/
+train: $(STAMP) ## retrain every bundled model into models/ and remake demo/ (~20 min)
 	for recipe in har har-gru vowels kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
+	$(BIN)/lstm-train demo --model models/kws/1 --out demo
 
 bench: $(STAMP) ## benchmark: in-process ORT vs server batching off/on; writes docs/benchmarks.md (~4 min)
 	$(BIN)/python scripts/bench.py
