@@ -141,41 +141,42 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
-            collected = await self._collect(first)
-            self._recent_batch += BATCH_SIZE_SMOOTHING * (len(collected) - self._recent_batch)
-            batch = [s for s in collected if not s.future.done()]
-            if not batch:
-                continue
-            groups: dict[int, list[_Step]] = defaultdict(list)
-            for step in batch:
-                groups[step.x.shape[0]].append(step)
-            for group in groups.values():
-                try:
-                    started = time.perf_counter()
-                    for step in group:
-                        self._queue_wait.observe(started - step.enqueued)
-                    outputs, states = await loop.run_in_executor(
-                        self._executor, self._run_group, group
-                    )
-                except asyncio.CancelledError:
-                    for step in group:
-                        if not step.future.done():
-                            step.future.set_exception(Draining("server is shutting down"))
-                    raise
-                except Exception as exc:
-                    log.exception("batch of %d failed", len(group))
-                    for step in group:
-                        if not step.future.done():
-                            step.future.set_exception(exc)
-                    continue
-                for i, step in enumerate(group):
+            collected = [first]
+            try:
+                collected = await self._collect(first)
+                self._recent_batch += BATCH_SIZE_SMOOTHING * (len(collected) - self._recent_batch)
+                await self._execute([s for s in collected if not s.future.done()])
+            except asyncio.CancelledError:
+                for step in collected:
                     if not step.future.done():
-                        step.future.set_result(
-                            (outputs[i], [s[:, i : i + 1] for s in states])
-                        )
+                        step.future.set_exception(Draining("server is shutting down"))
+                raise
+
+    async def _execute(self, batch: list[_Step]) -> None:
+        loop = asyncio.get_running_loop()
+        groups: dict[int, list[_Step]] = defaultdict(list)
+        for step in batch:
+            groups[step.x.shape[0]].append(step)
+        for group in groups.values():
+            try:
+                started = time.perf_counter()
+                for step in group:
+                    self._queue_wait.observe(started - step.enqueued)
+                outputs, states = await loop.run_in_executor(self._executor, self._run_group, group)
+            except Exception as exc:
+                log.exception("batch of %d failed", len(group))
+                for step in group:
+                    if not step.future.done():
+                        step.future.set_exception(exc)
+                continue
+            shared = len(group) > 1
+            for i, step in enumerate(group):
+                if not step.future.done():
+                    # A copy, so that an idle session does not keep its whole batch alive.
+                    own = [s[:, i : i + 1].copy() if shared else s for s in states]
+                    step.future.set_result((outputs[i], own))
 
     def _run_group(self, group: list[_Step]) -> StepResult:
         """Stack, run and time one same-length group (on the executor thread)."""

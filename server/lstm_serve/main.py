@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from lstm_serve import __version__
 from lstm_serve.metrics import multiprocess_registry, serve_metrics
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"lstm-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     if args.print_settings:

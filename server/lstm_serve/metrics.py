@@ -116,13 +116,13 @@ class Metrics:
         self.sessions_ended = Counter(
             f"{PREFIX}_sessions_ended_total",
             "Sessions removed from the store, by reason: ended (client end), "
-            "expired (idle TTL), evicted (shutdown or reload).",
+            "expired (idle TTL), evicted (shutdown).",
             ["reason"],
             registry=r,
         )
         self.sessions_rejected = Counter(
             f"{PREFIX}_sessions_rejected_total",
-            "Sessions refused, by reason: cap, draining, conflict.",
+            "Sessions refused, by reason: cap (session cap reached), conflict (held or bound elsewhere).",
             ["reason"],
             registry=r,
         )

@@ -27,6 +27,9 @@ from lstm_serve.transport.servicer import SERVICE_NAME, add_inference_service
 
 log = logging.getLogger(__name__)
 
+FINAL_SEND_GRACE_S = 1.0
+"""After the drain, how long grpc may take to send the last responses."""
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -107,10 +110,12 @@ class LstmServer:
         if self._server is None or self.service is None:
             return
         grace = self.settings.server.grace_period_s if grace is None else grace
-        log.info("draining: health NOT_SERVING, grace period %.1f s", grace)
+        log.info("draining: health NOT_SERVING, new calls refused, grace period %.1f s", grace)
         await self._health.enter_graceful_shutdown()
         self.service.begin_drain()
-        await self._server.stop(grace)
+        if not await self.service.wait_idle(grace):
+            log.warning("grace period over with calls still in flight; cancelling them")
+        await self._server.stop(FINAL_SEND_GRACE_S)
         await self.service.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -95,6 +95,9 @@ class InferenceService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -129,7 +132,7 @@ class InferenceService:
         for batcher in self._batchers.values():
             await batcher.close()
         self.store.evict_all()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     async def _reap(self) -> None:
         while True:
@@ -138,10 +141,27 @@ class InferenceService:
             if expired:
                 log.info("expired %d idle session(s)", len(expired))
 
-    def _refuse_when_draining(self) -> None:
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Count a call in flight; refuse it with UNAVAILABLE while draining."""
         if self.draining:
-            self.metrics.sessions_rejected.labels("draining").inc()
             raise Draining("server is draining (shutting down); retry on another replica")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight, at most ``timeout`` seconds; True if idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # ---- models --------------------------------------------------------------------
     def list_models(self) -> list[tuple[ModelEntry, list[str]]]:
@@ -160,7 +180,10 @@ class InferenceService:
     # ---- Predict -------------------------------------------------------------------
     async def predict(self, request: PredictInput) -> PredictOutput:
         """Run whole sequences, optionally continuing a session."""
-        self._refuse_when_draining()
+        with self._admitted():
+            return await self._predict(request)
+
+    async def _predict(self, request: PredictInput) -> PredictOutput:
         runtime, batcher = self._runtime(request.model)
         manifest = runtime.manifest
         ref = ModelRef(manifest.name, manifest.version)
@@ -252,13 +275,13 @@ class InferenceService:
                     else {}
                 )
         finally:
-            self.sessions.release(session, delete=request.end_session)
+            self.sessions.release(session, stream=False, delete=request.end_session)
         return PredictOutput(
             ref, manifest.output.head, [output], request.batched, final_states, session.id, offset
         )
 
     # ---- StreamPredict -------------------------------------------------------------
-    async def stream(self, messages: AsyncIterator[StreamMessage]) -> AsyncIterator[StreamReply]:
+    async def stream(self, messages: AsyncIterator[StreamMessage]) -> AsyncGenerator[StreamReply, None]:
         """Run one StreamPredict stream: config, chunks, end (see the proto)."""
         iterator = messages.__aiter__()
         first = await self._next_message(iterator)
@@ -266,25 +289,25 @@ class InferenceService:
             return
         if not isinstance(first, StreamConfig):
             raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
-        self._refuse_when_draining()
-        stream = self._open_stream(first)
-        try:
-            yield stream.started
-            while True:
-                message = await self._next_message(iterator)
-                if message is None:
-                    return
-                if isinstance(message, StreamConfig):
-                    raise InvalidInput("config: sent twice; config must be the first message only")
-                if isinstance(message, StreamEnd):
-                    for reply in await stream.end(message.keep_session):
-                        yield reply
-                    if await self._next_message(iterator) is not None:
-                        raise InvalidInput("a message arrived after end; end must be the last message")
-                    return
-                yield await stream.process(message, time.perf_counter())
-        finally:
-            stream.close()
+        with self._admitted():
+            stream = self._open_stream(first)
+            try:
+                yield stream.started
+                while True:
+                    message = await self._next_message(iterator)
+                    if message is None:
+                        return
+                    if isinstance(message, StreamConfig):
+                        raise InvalidInput("config: sent twice; config must be the first message only")
+                    if isinstance(message, StreamEnd):
+                        for reply in await stream.end(message.keep_session):
+                            yield reply
+                        if await self._next_message(iterator) is not None:
+                            raise InvalidInput("a message arrived after end; end must be the last message")
+                        return
+                    yield await stream.process(message, time.perf_counter())
+            finally:
+                stream.close()
 
     async def _next_message(self, iterator: AsyncIterator[StreamMessage]) -> StreamMessage | None:
         timeout = self.settings.sessions.stream_idle_timeout_s
@@ -322,7 +345,7 @@ class InferenceService:
         try:
             return _Stream(self, session, resumed, config, runtime, batcher, audio_format)
         except BaseException:
-            self.sessions.release(session)
+            self.sessions.release(session, stream=True)
             raise
 
 
@@ -392,7 +415,7 @@ class _Stream:
         """Detach the session when the stream ends without ``end``; state is kept."""
         if not self._ended:
             self._ended = True
-            self._service.sessions.release(self._session, delete=False)
+            self._service.sessions.release(self._session, stream=True)
 
     def _features_of(self, chunk: Chunk) -> np.ndarray:
         manifest = self._manifest
@@ -494,21 +517,25 @@ class _Stream:
             self._lag.observe(max(0.0, behind))
 
     async def end(self, keep_session: bool) -> list[ChunkResult | StreamFinal]:
-        """Flush buffered audio, close the session unless kept, and summarize.
+        """Close the stream: flush buffered audio and delete the session, or keep both.
 
-        Returns the flush result (when the flush produced frames or events) and the
-        final summary.
+        With ``keep_session`` the stream is only paused: audio still buffered in the
+        front-end and an open keyword detection stay in the session, and a resumed
+        stream continues exactly where this one stopped. Otherwise the buffered audio is
+        flushed through the model (the flush result) and the session is deleted.
         """
         session = self._session
         replies: list[ChunkResult | StreamFinal] = []
         outputs: np.ndarray | None = None
         offset = session.frames
-        if self._frontend is not None:
-            async with session.lock:
-                tail = self._frontend.flush()
-                if tail.shape[0]:
-                    outputs = self._as_rows(await self._run(tail))
-        events = self._detect(outputs, flush=True)
+        events: list[Event] = []
+        if not keep_session:
+            if self._frontend is not None:
+                async with session.lock:
+                    tail = self._frontend.flush()
+                    if tail.shape[0]:
+                        outputs = self._as_rows(await self._run(tail))
+            events = self._detect(outputs, flush=True)
         frames = session.frames - offset
         if frames or events:
             replies.append(
@@ -526,6 +553,6 @@ class _Stream:
             session.id, session.frames, self._chunks, list(self._events), states, self._audio_seconds
         )
         self._ended = True
-        self._service.sessions.release(session, delete=not keep_session)
+        self._service.sessions.release(session, stream=True, delete=not keep_session)
         replies.append(final)
         return replies

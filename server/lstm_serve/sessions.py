@@ -6,8 +6,9 @@ audio streams, the front-end and event-detector state. The store is a small
 interface (get, put, delete, expire) so that a shared store can replace the default
 in-memory one.
 
-Lifecycle: a session is *attached* while a stream (or a Predict call) uses it and
-*detached* otherwise. Detached sessions expire after ``ttl_s`` idle seconds. A stream
+Lifecycle: a session is *held* while a stream (exclusively) or Predict calls (one at
+a time, in arrival order) use it, and *detached* otherwise. Detached sessions expire
+after ``ttl_s`` idle seconds. A stream
 that ends without ``end`` (disconnect, cancel, error) only detaches its session, so
 the client can resume it until the TTL runs out.
 """
@@ -37,7 +38,10 @@ class Session:
     states: list[np.ndarray]
     next_sequence_number: int = 0
     frames: int = 0
-    attached: bool = False
+    stream_attached: bool = False
+    """A stream holds the session; nothing else may use it meanwhile."""
+    predict_holds: int = 0
+    """Predict calls holding (or queued on) the session."""
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     frontend: Any = None
@@ -48,6 +52,11 @@ class Session:
     """Features the front-end already produced for a chunk whose model step failed,
     keyed by its sequence number, so that resending that chunk does not feed its audio
     through the front-end twice."""
+
+    @property
+    def held(self) -> bool:
+        """True while a stream or a Predict call uses the session."""
+        return self.stream_attached or self.predict_holds > 0 or self.lock.locked()
 
     def touch(self) -> None:
         """Restart the idle clock."""
@@ -103,7 +112,7 @@ class InMemorySessionStore:
         expired = [
             s.id
             for s in self._sessions.values()
-            if not s.attached and not s.lock.locked() and now - s.last_used > self.ttl_s
+            if not s.held and now - s.last_used > self.ttl_s
         ]
         for session_id in expired:
             self.delete(session_id, "expired")
@@ -144,9 +153,9 @@ class SessionManager:
     ) -> tuple[Session, bool]:
         """Find ``session_id`` (a new id when empty), creating it when allowed.
 
-        A stream attaches the session exclusively; a unary call does not attach but
-        serializes on ``session.lock``. Returns the session and whether it existed
-        before. The caller must call :meth:`release` when done.
+        A stream holds the session exclusively; Predict calls hold it together and
+        serialize on ``session.lock``. Returns the session and whether it existed
+        before. The caller must call :meth:`release` with the same ``stream`` when done.
         """
         session = self.store.get(session_id) if session_id else None
         if session is None:
@@ -168,10 +177,9 @@ class SessionManager:
                     "with end_session) or retry on another replica."
                 )
             session = Session(id=session_id or uuid.uuid4().hex, model=model, states=zero_states)
-            session.attached = stream
+            self._hold(session, stream)
             self.store.put(session)
             self._metrics.sessions_created.labels(model.name, model.version).inc()
-            self._metrics.sessions_active.labels(model.name, model.version).inc()
             return session, False
         if session.model.name != model.name or (
             requested_version and requested_version != session.model.version
@@ -182,21 +190,29 @@ class SessionManager:
                 f"version {session.model.version}, not '{model.name}'"
                 + (f" version {requested_version}" if requested_version else "")
             )
-        if session.attached:
+        if session.stream_attached or (stream and session.predict_holds):
             self._metrics.sessions_rejected.labels("conflict").inc()
-            raise SessionConflict(
-                f"session_id: session '{session.id}' is attached to another stream; "
-                "close that stream first"
-            )
-        session.attached = stream
+            holder = "attached to another stream" if session.stream_attached else "in use by a Predict call"
+            raise SessionConflict(f"session_id: session '{session.id}' is {holder}; wait for it to finish")
+        self._hold(session, stream)
         session.touch()
-        self._metrics.sessions_active.labels(session.model.name, session.model.version).inc()
         return session, True
 
-    def release(self, session: Session, *, delete: bool = False) -> None:
-        """Detach the session; delete it when ``delete`` (the client ended it)."""
-        session.attached = False
+    def _hold(self, session: Session, stream: bool) -> None:
+        if stream:
+            session.stream_attached = True
+        else:
+            session.predict_holds += 1
+        self._metrics.sessions_active.labels(session.model.name, session.model.version).inc()
+
+    def release(self, session: Session, *, stream: bool, delete: bool = False) -> None:
+        """Give up this caller's hold; delete the session when ``delete`` (the client
+        ended it) and nobody else holds it."""
+        if stream:
+            session.stream_attached = False
+        else:
+            session.predict_holds -= 1
         self._metrics.sessions_active.labels(session.model.name, session.model.version).dec()
         session.touch()
-        if delete:
+        if delete and not session.held and self.store.get(session.id) is session:
             self.store.delete(session.id, "ended")

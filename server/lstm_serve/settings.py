@@ -9,8 +9,11 @@ defaults documented here. Settings are parsed in the entry point only
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LSTM_SERVE_"
 
@@ -93,11 +96,11 @@ class BatchingSettings(BaseModel):
 class ProviderSettings(BaseModel):
     """onnxruntime execution providers and threads."""
 
-    providers: list[str] = Field(default_factory=lambda: ["auto"])
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
     """``["auto"]`` takes TensorRT, then CUDA, then CPU among the providers onnxruntime
     reports. An explicit list (e.g. ``["CUDAExecutionProvider",
-    "CPUExecutionProvider"]``) is honoured in order, or refused at start when one is
-    not available."""
+    "CPUExecutionProvider"]``, or the same as a comma list) is honoured in order, or
+    refused at start when one is not available."""
 
     intra_op_threads: int = Field(1, ge=0)
     """onnxruntime intra-op threads per session; 0 lets onnxruntime decide. One leaves
@@ -108,8 +111,10 @@ class ProviderSettings(BaseModel):
 
     @field_validator("providers", mode="before")
     @classmethod
-    def _split_csv(cls, value: object) -> object:
+    def _json_or_csv(cls, value: object) -> object:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from lstm_client import StatusError
 from tests.conftest import FixtureModels
-from tests.harness import ServerHandle, metric_sum, scrape, start_server
+from tests.harness import ServerHandle, metric_sum, scrape, start_server, wait_until
 from tests.integration.test_predict_stream import frames
 
 
@@ -85,15 +85,10 @@ def test_graceful_shutdown_drains(fixture_models: FixtureModels) -> None:
         call.recv()
         handle.process.send_signal(signal.SIGTERM)
         with handle.client() as fresh:
-            for _ in range(100):
-                try:
-                    if fresh.health() == "NOT_SERVING":
-                        break
-                except StatusError:
-                    break
+            assert wait_until(lambda: fresh.health() == "NOT_SERVING")
             with pytest.raises(StatusError) as info:
                 fresh.stream("lstm", [x[:1]])
-            assert info.value.code.name == "UNAVAILABLE"
+            assert info.value.code.name == "UNAVAILABLE" and "draining" in info.value.details
         # The in-flight stream finishes within the grace period.
         call.chunk(1, x[10:])
         rest = call.recv().result

@@ -108,7 +108,7 @@ def test_cancel_mid_stream_keeps_state_and_releases_session(server: ServerHandle
 
 def test_ttl_expiry_and_session_cap(fixture_models: FixtureModels) -> None:
     env = {
-        "LSTM_SERVE_SESSIONS__TTL_S": "0.5",
+        "LSTM_SERVE_SESSIONS__TTL_S": "3",
         "LSTM_SERVE_SESSIONS__REAP_INTERVAL_S": "0.1",
         "LSTM_SERVE_SESSIONS__MAX_SESSIONS": "2",
     }

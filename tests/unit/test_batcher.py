@@ -56,18 +56,24 @@ def test_failed_call_fails_every_waiter(fixture_models: FixtureModels) -> None:
     runtime = _runtime(fixture_models, "lstm")
     bad_states = [np.zeros((2, 1, 5), np.float32), np.zeros((2, 1, 5), np.float32)]
 
-    async def scenario() -> list[BaseException | object]:
+    good_states = runtime.zero_states(1)
+
+    async def scenario() -> tuple[list[BaseException | object], object]:
         with ThreadPoolExecutor(1) as executor:
             batcher, _ = _batcher(runtime, executor, max_delay_s=0.05)
-            batcher.start()
             x = np.zeros((3, FEATURE_DIM), np.float32)
-            results = await asyncio.gather(*(batcher.submit(x, bad_states) for _ in range(5)), return_exceptions=True)
-            ok = await batcher.submit(x, runtime.zero_states(1))
+            # Queue good steps with one bad one before the loop starts: they share a call.
+            steps = [asyncio.ensure_future(batcher.submit(x, good_states)) for _ in range(4)]
+            steps.append(asyncio.ensure_future(batcher.submit(x, bad_states)))
+            await asyncio.sleep(0)
+            batcher.start()
+            results = await asyncio.gather(*steps, return_exceptions=True)
+            ok = await batcher.submit(x, good_states)
             await batcher.close()
-        return [*results, ok]
+        return results, ok
 
-    *failures, ok = asyncio.run(scenario())
-    assert all(isinstance(f, Exception) for f in failures)
+    failures, ok = asyncio.run(scenario())
+    assert all(isinstance(f, Exception) for f in failures), failures
     assert isinstance(ok, tuple)  # the batcher keeps serving after a failed call
 
 

@@ -101,7 +101,8 @@ class InferenceServicer:
 
         START --config--> CONFIGURED --chunk(seq=n)--> CONFIGURED --end--> ENDED
         |                                            |
-        +--half-close (no end)--> DETACHED           +--> server sends `final`, closes OK
+        +--half-close (no end)--> DETACHED           +--> server sends `final`;
+        client half-closes; OK
 
         - The first message must be `config`, exactly once. A chunk before config,
         a second config, or anything after `end` is INVALID_ARGUMENT.
@@ -114,8 +115,11 @@ class InferenceServicer:
         FAILED_PRECONDITION and ends the stream without touching the state.
         - Each chunk gets exactly one `result`, in order.
         - `end` flushes any buffered audio (its frames come in one more `result` with
-        flush = true), sends `final` and closes the session
-        (its state is deleted) unless end.keep_session is set.
+        flush = true), sends `final` and deletes the session. With end.keep_session
+        nothing is flushed: buffered audio and open detections stay in the session,
+        which a later stream resumes exactly.
+        - After `final` the server waits for the client to half-close; any message sent
+        after `end` is INVALID_ARGUMENT.
 
         Disconnects and errors: when the stream ends without `end` (the client
         half-closes, cancels, disconnects, its deadline passes, or the server

@@ -6,6 +6,7 @@ declared shape against the byte length and never trusts the client.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -43,7 +44,7 @@ def to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{field}.shape: negative dimension in {shape}")
-    count = int(np.prod(shape)) if shape else 0
+    count = math.prod(shape) if shape else 0
     if not shape or count * FLOAT32.itemsize != len(tensor.data):
         raise InvalidInput(
             f"{field}: shape {shape} needs {count * FLOAT32.itemsize} bytes of float32, got "

@@ -7,6 +7,7 @@ servicer method deals with either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -119,9 +120,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started, outcome = time.perf_counter(), _Outcome()
             try:
-                async for response in behavior(requests, context):
-                    yield response
-            except asyncio.CancelledError:
+                # aclosing: a client that goes away closes the whole generator chain at
+                # once, so its session is released now, not when the garbage is collected.
+                async with contextlib.aclosing(behavior(requests, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except (asyncio.CancelledError, GeneratorExit):
                 outcome.cancelled(context)
                 raise
             except Exception as exc:

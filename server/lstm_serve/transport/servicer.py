@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -49,5 +50,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
         """A stateful stream: config, chunks, end."""
-        async for reply in self._service.stream(convert.stream_messages(request_iterator)):
-            yield convert.stream_response(reply)
+        replies = self._service.stream(convert.stream_messages(request_iterator))
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield convert.stream_response(reply)
