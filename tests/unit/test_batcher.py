@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_failed_call_fails_every_waiter(fixture_models: FixtureModels) -> None:
 
     good_states = runtime.zero_states(1)
 
-    async def scenario() -> tuple[list[BaseException | object], object]:
+    async def scenario() -> tuple[list[Any], object]:
         with ThreadPoolExecutor(1) as executor:
             batcher, _ = _batcher(runtime, executor, max_delay_s=0.05)
             x = np.zeros((3, FEATURE_DIM), np.float32)
