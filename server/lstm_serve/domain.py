@@ -123,3 +123,17 @@ class StreamFinal:
     events: list[Event] = field(default_factory=list)
     states: dict[str, np.ndarray] = field(default_factory=dict)
     audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The client's ``end`` message."""
+
+    keep_session: bool = False
+
+
+StreamMessage = StreamConfig | Chunk | StreamEnd
+"""What a client sends on a stream."""
+
+StreamReply = StreamStarted | ChunkResult | StreamFinal
+"""What the server answers on a stream."""

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,7 +26,10 @@ from lstm_serve.domain import (
     PredictInput,
     PredictOutput,
     StreamConfig,
+    StreamEnd,
     StreamFinal,
+    StreamMessage,
+    StreamReply,
     StreamStarted,
 )
 from lstm_serve.errors import (
@@ -50,15 +52,6 @@ log = logging.getLogger(__name__)
 REALTIME_ALLOWANCE_S = 2.0
 
 
-@dataclass(frozen=True)
-class StreamEnd:
-    """The client's ``end`` message."""
-
-    keep_session: bool = False
-
-
-StreamMessage = StreamConfig | Chunk | StreamEnd
-StreamReply = StreamStarted | ChunkResult | StreamFinal
 
 
 def check_frames(frames: np.ndarray, manifest: Manifest, field: str, max_frames: int) -> None:

@@ -19,14 +19,16 @@ from lstm_serve.domain import (
     PredictInput,
     PredictOutput,
     StreamConfig,
+    StreamEnd,
     StreamFinal,
+    StreamMessage,
+    StreamReply,
     StreamStarted,
 )
 from lstm_serve.errors import InvalidInput
 from lstm_serve.events import Event
 from lstm_serve.manifest import LogMelFrontend
 from lstm_serve.repository import ModelEntry
-from lstm_serve.service import StreamEnd, StreamMessage, StreamReply
 from lstmserve.v1 import inference_pb2 as pb
 
 FLOAT32 = np.dtype("<f4")
