@@ -42,7 +42,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from lstm_client.launch import ServerProcess as Server
-from lstm_client.launch import free_port, run_server
+from lstm_client.launch import free_port, run_server, scrape
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -292,20 +291,6 @@ async def _serve_echo(port: int) -> None:
 
 
 # -------------------------------------------------------------------------------- measuring
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of a /metrics page, keyed ``name{labels}``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
-
-
 def metric_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict[str, float]:
     """Per-label-set increase of every sample of ``name`` (summed over models)."""
     out: dict[str, float] = defaultdict(float)

@@ -11,7 +11,9 @@ import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from lstm_client.launch import ServerProcess, free_port, run_server
+from lstm_client.launch import ServerProcess, free_port, run_server, scrape
+
+__all__ = ["REPO", "ServerHandle", "metric_sum", "scrape", "start_server", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,22 +48,6 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05)
             return True
         time.sleep(interval)
     return False
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of a /metrics page, keyed ``name{label="value",...}`` (labels sorted)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
 
 
 def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:

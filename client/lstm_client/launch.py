@@ -1,4 +1,4 @@
-"""Run a local server process and wait for it through the gRPC health service.
+"""Run a local server process, wait for it through the gRPC health service, read its metrics.
 
 Tests and the benchmark start real servers with this; it never sleeps to wait.
 """
@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,3 +88,18 @@ def run_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus /metrics page, keyed ``name{label="value",...}``
+    with the labels sorted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
