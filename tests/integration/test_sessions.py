@@ -128,3 +128,19 @@ def test_ttl_expiry_and_session_cap(fixture_models: FixtureModels) -> None:
             client.predict("lstm", frames(1, 5), session_id="a", must_exist=True)
         assert info.value.code.name == "NOT_FOUND" and "expired" in info.value.details
         client.predict("lstm", frames(1, 5), session_id="c")  # room again after expiry
+
+
+def test_idle_stream_is_closed_with_its_state_kept(fixture_models: FixtureModels) -> None:
+    env = {"LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S": "0.5"}
+    x = frames(11, 20)
+    with start_server(fixture_models.root, env=env) as handle, handle.client() as client:
+        call = client.open_stream()
+        call.config(model={"name": "lstm"}, session_id="idle")
+        call.recv()
+        call.chunk(0, x[:10])
+        call.recv()
+        with pytest.raises(StatusError) as info:
+            call.recv()  # nothing more is sent: the server closes the idle stream
+        assert info.value.code.name == "DEADLINE_EXCEEDED" and "STREAM_IDLE_TIMEOUT_S" in info.value.details
+        rest = client.stream("lstm", [x[10:]], session_id="idle", must_exist=True, first_sequence_number=1)
+        np.testing.assert_allclose(rest.outputs, client.predict("lstm", x).outputs[0][10:], atol=ATOL)
