@@ -215,15 +215,7 @@ async def _stream_worker(
                 if reader.done():
                     reader.result()  # raises the stream's error
                     raise RuntimeError("stream ended before end was sent")
-                now = time.perf_counter()
-                if pace > 0:
-                    if due > now:
-                        await asyncio.sleep(due - now)
-                        now = time.perf_counter()
-                    if stats.in_window(due):
-                        stats.send_lags.append(now - due)
-                else:
-                    due = now
+                due = await _wait_until_due(due, pace, stats)
                 answered.clear()
                 sent[seq] = due
                 await call.write(payloads.chunk(seq))
@@ -257,6 +249,20 @@ async def _stream_worker(
             due = max(due + pace, time.perf_counter() + (pace if pace > 0 else 0.05))
 
 
+async def _wait_until_due(due: float, pace: float, stats: _Stats) -> float:
+    """Paced: sleep until ``due`` and record how late the send is; as fast as possible:
+    the send is due now. Returns the send's due time."""
+    now = time.perf_counter()
+    if pace <= 0:
+        return now
+    if due > now:
+        await asyncio.sleep(due - now)
+        now = time.perf_counter()
+    if stats.in_window(due):
+        stats.send_lags.append(now - due)
+    return due
+
+
 async def _predict_worker(
     stub: pb_grpc.InferenceStub, cfg: BenchConfig, payloads: _Payloads, stats: _Stats,
     pace: float, first_due: float, stop_at: float,
@@ -265,15 +271,7 @@ async def _predict_worker(
     due = first_due
     i = 0
     while due < stop_at:
-        now = time.perf_counter()
-        if pace > 0:
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = time.perf_counter()
-            if stats.in_window(due):
-                stats.send_lags.append(now - due)
-        else:
-            due = now
+        due = await _wait_until_due(due, pace, stats)
         stats.sent += 1
         try:
             await stub.Predict(payloads.predicts[i % len(payloads.predicts)], timeout=cfg.drain_s + 30)

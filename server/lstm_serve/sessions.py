@@ -64,7 +64,10 @@ class Session:
 
 
 class SessionStore(Protocol):
-    """Where session state lives."""
+    """Where session state lives: the interface a shared store would implement."""
+
+    ttl_s: float
+    max_sessions: int
 
     def get(self, session_id: str) -> Session | None:
         """The session, or None."""
@@ -80,6 +83,9 @@ class SessionStore(Protocol):
 
     def __len__(self) -> int:
         """Live sessions."""
+
+    def was_expired(self, session_id: str) -> bool:
+        """True when the id belonged to a session that expired recently."""
 
 
 class InMemorySessionStore:
@@ -137,7 +143,7 @@ class InMemorySessionStore:
 class SessionManager:
     """Finds, creates, attaches and detaches sessions, enforcing the cap and binding."""
 
-    def __init__(self, store: InMemorySessionStore, metrics: Metrics) -> None:
+    def __init__(self, store: SessionStore, metrics: Metrics) -> None:
         self.store = store
         self._metrics = metrics
 
@@ -160,12 +166,9 @@ class SessionManager:
         session = self.store.get(session_id) if session_id else None
         if session is None:
             if must_exist:
-                expired = isinstance(self.store, InMemorySessionStore) and self.store.was_expired(
-                    session_id
-                )
                 why = (
                     f"expired after {self.store.ttl_s:g} s idle (LSTM_SERVE_SESSIONS__TTL_S)"
-                    if expired
+                    if self.store.was_expired(session_id)
                     else "is unknown"
                 )
                 raise SessionNotFound(f"session_id: session '{session_id}' {why}")
