@@ -1,5 +1,12 @@
 """Python client for lstm-serve: unary Predict, streaming, health and metadata."""
 
-from lstm_client.client import LstmClient, PredictResult, StatusError, StreamCall, StreamResult
+from lstm_client.client import (
+    LstmClient,
+    PredictResult,
+    StatusError,
+    StreamCall,
+    StreamProtocolError,
+    StreamResult,
+)
 
-__all__ = ["LstmClient", "PredictResult", "StatusError", "StreamCall", "StreamResult"]
+__all__ = ["LstmClient", "PredictResult", "StatusError", "StreamCall", "StreamProtocolError", "StreamResult"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_client.client import DEFAULT_TARGET, LstmClient, StatusError, event_dict
+from lstm_client.client import DEFAULT_TARGET, LstmClient, StatusError, StreamResult, event_dict
 from lstm_client.wav import WavError, read_wav
 from lstmserve.v1 import inference_pb2 as pb
 
@@ -137,11 +137,17 @@ def cmd_stream(client: LstmClient, args: argparse.Namespace) -> int:
     outputs = result.outputs
     document = {
         "model": result.model, "version": result.version, "session_id": result.session_id,
+        "resumed": result.resumed, "frame_offset": result.frame_offset,
         "outputs": outputs.tolist(), "frames": result.frames,
     }
-    _emit(args, document, f"session {result.session_id}: {result.frames} frames in {len(chunks)} chunks, "
-          f"output shape {list(outputs.shape)}")
+    _emit(args, document, f"session {result.session_id}{_resumed_note(result)}: {result.frames} frames in "
+          f"{len(chunks)} chunks, output shape {list(outputs.shape)}")
     return 0
+
+
+def _resumed_note(result: StreamResult) -> str:
+    # Without it a resumed stream's text output reads like a fresh one.
+    return f" (resumed at frame {result.frame_offset})" if result.resumed else ""
 
 
 def _stream_audio(client: LstmClient, args: argparse.Namespace) -> int:
@@ -162,6 +168,7 @@ def _stream_audio(client: LstmClient, args: argparse.Namespace) -> int:
     result = client.stream(
         args.name, chunks, version=args.version, audio=(wav.encoding, wav.sample_rate_hz),
         pace_s=args.chunk_ms / 1000 if args.realtime else 0.0, on_response=show,
+        session_id=args.session_id or "", keep_session=args.keep_session,
     )
     elapsed = time.monotonic() - started
     events = [event_dict(e) for e in result.events]
@@ -169,10 +176,11 @@ def _stream_audio(client: LstmClient, args: argparse.Namespace) -> int:
         e.pop("is_final", None)
     document = {
         "model": result.model, "version": result.version, "session_id": result.session_id,
-        "events": events, "frames": result.frames, "audio_seconds": round(wav.seconds, 3),
-        "elapsed_s": round(elapsed, 3),
+        "resumed": result.resumed, "frame_offset": result.frame_offset, "events": events,
+        "frames": result.frames, "audio_seconds": round(wav.seconds, 3), "elapsed_s": round(elapsed, 3),
     }
-    summary = f"{len(events)} event(s), {result.frames} frames, {wav.seconds:.2f} s of audio in {elapsed:.2f} s"
+    summary = (f"{len(events)} event(s), {result.frames} frames{_resumed_note(result)}, "
+               f"{wav.seconds:.2f} s of audio in {elapsed:.2f} s")
     _emit(args, document, summary)
     return 0
 
@@ -215,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-ms", type=float, default=100.0, help="audio milliseconds per chunk (default 100)")
     p.add_argument("--realtime", action="store_true", help="pace chunks at wall-clock speed")
     p.add_argument("--version", default="")
-    p.add_argument("--session-id", help="resume (or create) this session")
-    p.add_argument("--keep-session", action="store_true", help="keep the session's state after the stream")
+    p.add_argument("--session-id", help="resume (or create) this session; a resumed stream continues at the "
+                   "session's next chunk and frame (frame_offset in --json)")
+    p.add_argument("--keep-session", action="store_true", help="keep the session's state after the stream "
+                   "(for --input and --wav), so a later call with the same --session-id resumes it")
     p.set_defaults(func=cmd_stream)
     from lstm_client.bench import add_bench_parser
 

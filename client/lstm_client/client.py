@@ -6,6 +6,7 @@ Errors surface as :class:`StatusError`, carrying the gRPC status code name.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +40,16 @@ class StatusError(RuntimeError):
     def from_rpc(cls, error: grpc.RpcError) -> StatusError:
         """Wrap a grpc error."""
         return cls(error.code(), error.details() or "")
+
+
+class StreamProtocolError(StatusError):
+    """The server's stream answers contradict what this client expects of the session.
+
+    Raised on the client side (the stream is cancelled first, so the session is detached
+    with the state of its last processed chunk, as after a disconnect). ``code`` is
+    FAILED_PRECONDITION when ``first_sequence_number`` disagrees with ``started`` and
+    ABORTED when the server answered a chunk as a duplicate.
+    """
 
 
 def to_tensor(array: np.ndarray) -> pb.Tensor:
@@ -118,8 +129,21 @@ class StreamResult:
     final: pb.Final | None = None
 
     @property
+    def frame_offset(self) -> int:
+        """Frames the session had processed before this stream (0 for a new session)."""
+        return int(self.started.frame_offset)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this stream continued an existing session."""
+        return bool(self.started.resumed)
+
+    @property
     def outputs(self) -> np.ndarray:
-        """Per-frame outputs of all chunks, concatenated in order."""
+        """Per-frame outputs of this stream's chunks, concatenated in order.
+
+        Rows start at session frame :attr:`frame_offset`.
+        """
         rows = [to_array(r.outputs) for r in self.results if r.HasField("outputs") and not r.duplicate]
         return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=FLOAT32)
 
@@ -344,7 +368,7 @@ class LstmClient:
         frame_outputs: bool | None = None,
         keep_session: bool = False,
         return_state: bool = False,
-        first_sequence_number: int = 0,
+        first_sequence_number: int | None = None,
         pace_s: float = 0.0,
         on_response: Any = None,
         timeout: float | None = None,
@@ -355,6 +379,21 @@ class LstmClient:
         waits that long between chunks (real-time pacing) while responses are
         received concurrently; ``on_response`` is called with each response as it
         arrives.
+
+        No chunk is sent before the server's ``started`` arrives; chunks are then
+        numbered from ``started.next_sequence_number``, so resuming a session
+        (``session_id`` of a stream that ended with ``keep_session`` or was cut off)
+        continues where it stopped. ``result.frame_offset`` and ``result.resumed`` say
+        where the stream started, and ``result.outputs`` holds this stream's rows only.
+
+        ``first_sequence_number`` is a check, not an override: any other number than
+        the server's would be a duplicate (its rows dropped) or a gap (refused). Leave
+        it ``None`` to follow the server; give it when you track the session's position
+        yourself, and the stream is cancelled before any chunk is sent, with
+        :class:`StreamProtocolError` (FAILED_PRECONDITION), when the server expects a
+        different number. A ``duplicate`` result, which this numbering should never
+        draw, cancels the stream and raises :class:`StreamProtocolError` (ABORTED)
+        instead of silently losing that chunk's rows.
         """
         config = pb.StreamConfig(
             model=pb.ModelRef(name=name, version=version), session_id=session_id, must_exist=must_exist
@@ -365,11 +404,17 @@ class LstmClient:
         if frame_outputs is not None:
             config.output.frame_outputs = frame_outputs
         config.output.return_state = return_state
+        # gRPC drains requests() on its own thread; the response loop hands it the first
+        # sequence number, or None when the stream is over before it started.
+        first_number: queue.Queue[int | None] = queue.Queue(maxsize=1)
 
         def requests() -> Iterator[pb.StreamRequest]:
             yield pb.StreamRequest(config=config)
+            first = first_number.get()
+            if first is None:
+                return
             next_due = time.monotonic()
-            for seq, chunk in enumerate(chunks, start=first_sequence_number):
+            for seq, chunk in enumerate(chunks, start=first):
                 if pace_s > 0:
                     delay = next_due - time.monotonic()
                     if delay > 0:
@@ -384,24 +429,45 @@ class LstmClient:
             yield pb.StreamRequest(end=pb.End(keep_session=keep_session))
 
         result: StreamResult | None = None
+        call = self.stub.StreamPredict(requests(), timeout=timeout)
         try:
-            for response in self.stub.StreamPredict(requests(), timeout=timeout):
+            for response in call:
                 if on_response is not None:
                     on_response(response)
                 kind = response.WhichOneof("message")
                 if kind == "started":
-                    result = StreamResult(
-                        response.started.model.name, response.started.model.version,
-                        response.started.session_id, response.started,
-                    )
+                    started = response.started
+                    result = StreamResult(started.model.name, started.model.version, started.session_id, started)
+                    expected = started.next_sequence_number
+                    if first_sequence_number is not None and first_sequence_number != expected:
+                        raise StreamProtocolError(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"first_sequence_number is {first_sequence_number} but session {started.session_id!r} "
+                            f"expects {expected} next (frame offset {started.frame_offset}); "
+                            "pass first_sequence_number=None to continue where the session stands",
+                        )
+                    first_number.put(expected)
                 elif kind == "result":
                     assert result is not None
+                    if response.result.duplicate:
+                        raise StreamProtocolError(
+                            grpc.StatusCode.ABORTED,
+                            f"session {result.session_id!r} had already processed chunk "
+                            f"{response.result.sequence_number} (the server answered it as a duplicate), so its "
+                            "rows would be missing from this stream's result; the stream was cancelled",
+                        )
                     result.results.append(response.result)
                 elif kind == "final":
                     assert result is not None
                     result.final = response.final
         except grpc.RpcError as exc:
             raise StatusError.from_rpc(exc) from None
+        finally:
+            # Cancelling a finished call is a no-op; cancelling one we bail out of
+            # detaches the session server-side instead of leaving the call open.
+            call.cancel()
+            with contextlib.suppress(queue.Full):
+                first_number.put_nowait(None)
         if result is None:
             raise StatusError(grpc.StatusCode.UNKNOWN, "stream closed before it started")
         return result

@@ -9,6 +9,8 @@ the same feature frames.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from lstm_serve.domain import AudioFormat
@@ -17,6 +19,9 @@ from lstm_serve.features import PcmDecoder, StreamingLogMel, StreamingResampler
 from lstm_serve.manifest import LogMelFrontend
 
 MAX_SAMPLE_RATE_HZ = 192_000
+MAX_RATE_ERROR = 1e-4
+"""Largest relative error of the resampling ratio accepted (any rate up to 192 kHz into
+16 kHz is within 3e-5; see :class:`lstm_serve.features.StreamingResampler`)."""
 BYTES_PER_SAMPLE = {"pcm16": 2, "float32": 4}
 
 
@@ -50,6 +55,12 @@ class AudioFrontend:
             if fmt.sample_rate_hz != frontend.sample_rate_hz
             else None
         )
+        if self._resampler is not None and abs(self._resampler.rate_error) > MAX_RATE_ERROR:
+            raise InvalidInput(
+                f"config.audio.sample_rate_hz: {fmt.sample_rate_hz} Hz cannot be resampled to the "
+                f"model's {frontend.sample_rate_hz} Hz within {MAX_RATE_ERROR:g} (relative rate "
+                f"error {self._resampler.rate_error:.2g}); send audio at a closer rate"
+            )
         self._logmel = StreamingLogMel(frontend)
         self.bytes_per_second = BYTES_PER_SAMPLE[fmt.encoding] * fmt.sample_rate_hz
 
@@ -58,8 +69,24 @@ class AudioFrontend:
         return len(data) / self.bytes_per_second
 
     def accept(self, data: bytes) -> np.ndarray:
-        """Feature frames completed by ``data`` (possibly none)."""
-        samples = self._decoder.accept(data)
+        """Feature frames completed by ``data`` (possibly none).
+
+        Non-finite float32 samples are refused and leave the front-end as it was.
+        Samples outside [-1, 1] are clipped to it, as a conversion to PCM would: the
+        models were trained on that range, and a huge amplitude would otherwise
+        overflow the power spectrum into Inf.
+        """
+        decoder = copy.copy(self._decoder)
+        samples = decoder.accept(data)
+        if self.format.encoding == "float32":
+            finite = np.isfinite(samples)
+            if not finite.all():
+                raise InvalidInput(
+                    f"chunk.audio: non-finite float32 sample (NaN or Inf) at sample "
+                    f"{int(np.flatnonzero(~finite)[0])} of this chunk; the session is unchanged"
+                )
+            np.clip(samples, -1.0, 1.0, out=samples)
+        self._decoder = decoder
         if self._resampler is not None:
             samples = self._resampler.accept(samples)
         return self._logmel.accept(samples)

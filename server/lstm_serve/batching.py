@@ -1,8 +1,9 @@
 """Cross-session dynamic batching.
 
-Each model version has one :class:`Batcher`. Callers submit *steps*: one sequence's
-frames ``[time, feature_dim]`` plus its recurrent states (each ``[layers, 1, hidden]``).
-The batcher collects pending steps up to ``max_batch_size``, waiting at most
+Each model version has one :class:`Batcher`. Callers submit *steps*: the frames of
+one or more sequences of the same length ``[rows, time, feature_dim]`` plus their
+recurrent states (each ``[layers, rows, hidden]``). The batcher collects pending steps
+up to ``max_batch_size`` rows, waiting at most
 ``max_delay`` counted from the first step (but not at all while recent batches held
 about one step each: at low load waiting only adds latency), groups them by length (steps of different
 lengths never share a call, so no padding ever touches a state), stacks each group
@@ -49,9 +50,15 @@ BATCH_SIZE_SMOOTHING = 0.2
 @dataclass(slots=True)
 class _Step:
     x: np.ndarray
+    """``[rows, time, feature_dim]``."""
     states: list[np.ndarray]
+    """Each ``[layers, rows, hidden]``."""
     future: asyncio.Future[StepResult]
     enqueued: float
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
 
 
 class Batcher:
@@ -74,6 +81,9 @@ class Batcher:
         self._executor = executor
         self._queue: asyncio.Queue[_Step] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._carry: _Step | None = None
+        """A step taken from the queue that did not fit the batch being collected; it
+        opens the next one."""
         self._closed = False
         self._recent_batch = 1.0
         name, version = runtime.manifest.name, runtime.manifest.version
@@ -97,19 +107,33 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        waiting = [self._carry] if self._carry is not None else []
+        self._carry = None
         while not self._queue.empty():
-            step = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for step in waiting:
             if not step.future.done():
                 step.future.set_exception(Draining("server is shutting down"))
 
     async def submit(self, x: np.ndarray, states: list[np.ndarray]) -> StepResult:
-        """Run one step: ``x`` is ``[time, feature_dim]``; states are ``[layers, 1, hidden]``.
+        """Run one sequence: ``x`` is ``[time, feature_dim]``; states are ``[layers, 1, hidden]``.
 
         Returns the step's outputs (without the batch axis) and its new states (with a
         batch axis of 1).
         """
+        outputs, new_states = await self.submit_rows(x[np.newaxis], states)
+        return outputs[0], new_states
+
+    async def submit_rows(self, x: np.ndarray, states: list[np.ndarray]) -> StepResult:
+        """Run same-length sequences together: ``x`` is ``[rows, time, feature_dim]``
+        with ``rows <= max_batch_size``; states are ``[layers, rows, hidden]``.
+
+        Returns the outputs and the new states, both with the ``rows`` batch axis.
+        """
         if self._closed:
             raise Draining("server is shutting down; retry on another replica")
+        if x.shape[0] > self.max_batch_size:
+            raise ValueError(f"{x.shape[0]} rows exceed max_batch_size {self.max_batch_size}")
         loop = asyncio.get_running_loop()
         step = _Step(x, states, loop.create_future(), time.perf_counter())
         try:
@@ -122,31 +146,47 @@ class Batcher:
             ) from None
         return await step.future
 
+    async def _next_step(self, timeout: float | None) -> _Step | None:
+        """The carried-over step, else the next queued one, waiting at most ``timeout``
+        (None: forever; 0: only what is already there)."""
+        if self._carry is not None:
+            step, self._carry = self._carry, None
+            return step
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if timeout is not None and timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
     async def _collect(self, first: _Step) -> list[_Step]:
-        batch = [first]
+        batch, rows = [first], first.rows
         deadline = first.enqueued + self.max_delay_s
-        while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            if self._recent_batch < LONE_BATCH_THRESHOLD:
+        while rows < self.max_batch_size:
+            waiting = self._carry is not None or not self._queue.empty()
+            if not waiting and self._recent_batch < LONE_BATCH_THRESHOLD:
                 break
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            step = await self._next_step(deadline - time.perf_counter() if not waiting else 0)
+            if step is None:
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
+            if rows + step.rows > self.max_batch_size:
+                self._carry = step
                 break
+            batch.append(step)
+            rows += step.rows
         return batch
 
     async def _loop(self) -> None:
         while True:
-            first = await self._queue.get()
+            first = await self._next_step(None)
+            assert first is not None
             collected = [first]
             try:
                 collected = await self._collect(first)
-                self._recent_batch += BATCH_SIZE_SMOOTHING * (len(collected) - self._recent_batch)
+                rows = sum(s.rows for s in collected)
+                self._recent_batch += BATCH_SIZE_SMOOTHING * (rows - self._recent_batch)
                 await self._execute([s for s in collected if not s.future.done()])
             except asyncio.CancelledError:
                 for step in collected:
@@ -158,7 +198,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         groups: dict[int, list[_Step]] = defaultdict(list)
         for step in batch:
-            groups[step.x.shape[0]].append(step)
+            groups[step.x.shape[1]].append(step)
         for group in groups.values():
             try:
                 started = time.perf_counter()
@@ -171,20 +211,25 @@ class Batcher:
                     if not step.future.done():
                         step.future.set_exception(exc)
                 continue
-            shared = len(group) > 1
-            for i, step in enumerate(group):
+            if len(group) == 1:
+                if not group[0].future.done():
+                    group[0].future.set_result((outputs, states))
+                continue
+            offset = 0
+            for step in group:
+                end = offset + step.rows
                 if not step.future.done():
                     # A copy, so that an idle session does not keep its whole batch alive.
-                    own = [s[:, i : i + 1].copy() if shared else s for s in states]
-                    step.future.set_result((outputs[i], own))
+                    own = [s[:, offset:end].copy() for s in states]
+                    step.future.set_result((outputs[offset:end], own))
+                offset = end
 
     def _run_group(self, group: list[_Step]) -> StepResult:
         """Stack, run and time one same-length group (on the executor thread)."""
         if len(group) == 1:
-            x = group[0].x[np.newaxis]
-            states = group[0].states
+            x, states = group[0].x, group[0].states
         else:
-            x = np.stack([s.x for s in group])
+            x = np.concatenate([s.x for s in group])
             states = [
                 np.concatenate([s.states[k] for s in group], axis=STATE_BATCH_AXIS)
                 for k in range(len(group[0].states))
@@ -192,6 +237,6 @@ class Batcher:
         started = time.perf_counter()
         outputs, new_states = self.runtime.run(x, states)
         self._compute.observe(time.perf_counter() - started)
-        self._batch_size.observe(len(group))
+        self._batch_size.observe(x.shape[0])
         self._frames.inc(x.shape[0] * x.shape[1])
         return outputs, new_states

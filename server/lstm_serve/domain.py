@@ -29,13 +29,15 @@ class ModelRef:
 class PredictInput:
     """A unary Predict call.
 
-    ``sequences`` holds one ``[frames, feature_dim]`` array per sequence, already cut
-    to its length. ``batched`` records whether the request had a batch axis, so the
-    response can mirror it.
+    ``features`` is ``[batch, max_frames, feature_dim]`` (one row for an unbatched
+    request) and ``lengths`` holds each row's length in frames; frames past a row's
+    length are padding and never reach the model. ``batched`` records whether the
+    request had a batch axis, so the response can mirror it.
     """
 
     model: ModelRef
-    sequences: list[np.ndarray]
+    features: np.ndarray
+    lengths: np.ndarray
     batched: bool
     session_id: str = ""
     must_exist: bool = False
@@ -43,14 +45,24 @@ class PredictInput:
     return_state: bool = False
     initial_states: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def batch(self) -> int:
+        """Number of sequences."""
+        return int(self.features.shape[0])
+
 
 @dataclass(frozen=True)
 class PredictOutput:
-    """The result of a Predict call: one output array per sequence."""
+    """The result of a Predict call.
+
+    ``outputs`` is ``[batch, max(lengths), dim]`` for a per-frame head (rows padded
+    with zeros past their length) or ``[batch, dim]`` for a sequence head.
+    """
 
     model: ModelRef
     head: Literal["per_frame", "sequence"]
-    outputs: list[np.ndarray]
+    outputs: np.ndarray
+    lengths: list[int]
     batched: bool
     states: dict[str, np.ndarray] = field(default_factory=dict)
     session_id: str = ""

@@ -7,6 +7,34 @@ names the field at fault and what was expected, so a person can act on it.
 
 from __future__ import annotations
 
+ECHO_LIMIT = 64
+"""Most characters of a client's value that an error message repeats."""
+
+MAX_ID_BYTES = 16 * 1024
+"""Longest session id, model name or version accepted, in UTF-8 bytes. Error
+messages echo such values only truncated, so the status trailer stays far below
+gRPC's metadata limits (8 KiB soft, 16 KiB hard)."""
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as an error message may repeat it: at most ``limit`` characters,
+    then a marker counting what was cut."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+def check_id(value: str, field: str) -> str:
+    """Refuse an identifier longer than :data:`MAX_ID_BYTES` with INVALID_ARGUMENT."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise InvalidInput(
+            f"{field}: {size} bytes exceeds the limit of {MAX_ID_BYTES} bytes (UTF-8); "
+            f"got '{echo(value)}'"
+        )
+    return value
+
 
 class ServeError(Exception):
     """Base class of every error the service reports to clients."""

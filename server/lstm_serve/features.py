@@ -4,6 +4,8 @@ Training (``lstm_train``) and the server both compute features with this module,
 what a model saw in training is exactly what it sees when served. Everything here is
 pure numpy/scipy and streaming-exact: feeding a signal in any chunking gives the same
 output as feeding it whole (differences are float rounding only, far below 1e-6).
+Resampling uses the exact rate ratio for every common rate and rounds the ratio of
+odd ones to bound the filter's size; :class:`StreamingResampler` states the accuracy.
 
 Log-mel framing
 ---------------
@@ -27,6 +29,7 @@ HTK-mel triangular filter bank over ``[f_min_hz, f_max_hz]`` and
 from __future__ import annotations
 
 import math
+import threading
 from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
@@ -93,9 +96,36 @@ class PcmDecoder:
 # --------------------------------------------------------------------- resampling
 
 
-@lru_cache(maxsize=32)
-def _polyphase(up: int, down: int, zero_crossings: int) -> np.ndarray:
-    """The anti-aliasing FIR split into ``up`` phases: shape ``[up, taps_per_phase]``."""
+#: Largest numerator or denominator of the resampling ratio. The filter has
+#: ``2 * zero_crossings * max(up, down) + 1`` taps, so this bounds its size (and build
+#: time) for any declared rate, while the worst relative rate error of a rounded ratio
+#: is about ``1 / (2 * MAX_RATIO_TERM)``. It is at least 16000 because an input rate of a
+#: few Hz into 16 kHz has no close ratio with a smaller numerator than the exact one.
+MAX_RATIO_TERM = 16384
+#: Total size of the cached polyphase filters; a filter larger than this is not cached.
+FILTER_CACHE_BYTES = 64 * 2**20
+# bounds _emit's [outputs, taps] temporaries (2 MiB of float64 each) whatever the chunk size
+_EMIT_BLOCK_ELEMENTS = 1 << 18
+
+
+def _approximate_ratio(out_rate: int, in_rate: int, max_term: int = MAX_RATIO_TERM) -> tuple[int, int]:
+    """``(up, down)``: the best rational approximation of ``out_rate/in_rate`` (of its
+    inverse, for a ratio above 1) with both terms at most ``max_term``; the exact ratio
+    when its reduced terms fit."""
+    ratio = Fraction(out_rate, in_rate)
+    if ratio <= 1:
+        approx = ratio.limit_denominator(max_term)
+        # a ratio below 1/(2*max_term) rounds to 0; 1/max_term is the nearest usable one
+        if approx == 0:
+            approx = Fraction(1, max_term)
+    else:
+        # bounding the inverse's denominator bounds the numerator, which sizes the filter
+        inverse = (1 / ratio).limit_denominator(max_term)
+        approx = 1 / inverse if inverse else Fraction(max_term)
+    return approx.numerator, approx.denominator
+
+
+def _build_polyphase(up: int, down: int, zero_crossings: int) -> np.ndarray:
     factor = max(up, down)
     if factor == 1:
         return np.ones((1, 1))
@@ -108,28 +138,113 @@ def _polyphase(up: int, down: int, zero_crossings: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(taps, up).T)
 
 
+class _FilterCache:
+    """Least-recently-used filters, bounded by their total size in bytes.
+
+    Filters are shared read-only between streams and built on worker threads, so the
+    dictionary is guarded by a lock; the build itself runs outside it, so one slow
+    build does not hold up streams whose filter is already cached.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[int, int, int], np.ndarray] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held by the cached filters."""
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def get(self, up: int, down: int, zero_crossings: int) -> np.ndarray:
+        """The ``[up, taps_per_phase]`` filter bank, built on a miss."""
+        key = (up, down, zero_crossings)
+        with self._lock:
+            bank = self._entries.pop(key, None)
+            if bank is not None:
+                self._entries[key] = bank  # re-insert: dict order is the recency order
+                return bank
+        bank = _build_polyphase(up, down, zero_crossings)
+        bank.setflags(write=False)
+        if bank.nbytes > self.max_bytes:
+            return bank
+        with self._lock:
+            raced = self._entries.get(key)
+            if raced is not None:
+                return raced
+            while self._entries and self._bytes + bank.nbytes > self.max_bytes:
+                oldest = next(iter(self._entries))
+                self._bytes -= self._entries.pop(oldest).nbytes
+            self._entries[key] = bank
+            self._bytes += bank.nbytes
+        return bank
+
+
+_FILTER_CACHE = _FilterCache(FILTER_CACHE_BYTES)
+
+
+def _polyphase(up: int, down: int, zero_crossings: int) -> np.ndarray:
+    """The anti-aliasing FIR split into ``up`` phases: shape ``[up, taps_per_phase]``,
+    read-only and shared."""
+    return _FILTER_CACHE.get(up, down, zero_crossings)
+
+
 class StreamingResampler:
     """Rational-ratio polyphase FIR resampler that is exact under any chunking.
 
     The signal is conceptually upsampled by ``up``, low-pass filtered (Kaiser-windowed
-    sinc, cut-off at the lower Nyquist rate) and downsampled by ``down``, where
-    ``up/down = out_rate/in_rate`` in lowest terms. Output sample ``k`` depends only on
-    absolute input positions, so it comes out bit-for-bit the same whatever the chunk
-    boundaries. The filter's group delay is compensated: output sample ``k`` is aligned
-    with time ``k / out_rate``. :meth:`flush` drains the filter with zeros so that a
-    signal of ``n`` input samples yields ``ceil(n * out_rate / in_rate)`` output samples.
+    sinc, cut-off at the lower Nyquist rate) and downsampled by ``down``. ``up/down`` is
+    ``out_rate/in_rate`` in lowest terms when both terms are at most
+    :data:`MAX_RATIO_TERM`, and otherwise the closest fraction whose terms are (see
+    *Accuracy*). Output sample ``k`` depends only on absolute input positions, so it
+    comes out bit-for-bit the same whatever the chunk boundaries. The filter's group
+    delay is compensated: output sample ``k`` is aligned with input time
+    ``k * down / (up * in_rate)``, which is ``k / out_rate`` for an exact ratio.
+    :meth:`flush` drains the filter with zeros so that a signal of ``n`` input samples
+    yields ``ceil(n * up / down)`` output samples.
+
+    Accuracy
+    --------
+    Every common rate (8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000, 192000 Hz)
+    and every input rate from 1 to 16384 Hz resamples to 16 kHz at its exact ratio. An
+    odd declared rate at its exact ratio would need up to ``32 * in_rate`` taps (6.1
+    million, about 50 MB, for 191999 Hz), so other ratios are rounded: over every
+    integer input rate from 1 to 192000 Hz into 16000 Hz the relative rate error
+    :attr:`rate_error` stays below 3e-5 (worst 2.98e-5, for 128004 Hz resampled as
+    2047/16377), about the tolerance of an audio device's own crystal clock. The output
+    is then that much too long or short: at most 107 ms of drift per hour of audio and
+    a pitch shift of 0.0005 semitones, which no feature resolves. The median error is
+    1.2e-8 and 99% of rates are within 6.1e-7 (191999 Hz becomes 1/12: 5.2e-6, 385
+    taps). No filter has more than 524,289 taps; the largest bank (padded to whole
+    phases) is 4.1 MiB, for 18023 Hz as 14521/16357, and took 65-100 ms to build on a
+    shared 2-core machine. Filters are cached up to :data:`FILTER_CACHE_BYTES` in
+    total, and each call computes its outputs in blocks, so its temporaries stay near
+    2 MiB each whatever the chunk size. A pair of rates further apart than
+    :data:`MAX_RATIO_TERM` to 1 (which no input rate into 16 kHz is) is clamped to that
+    ratio, with a large :attr:`rate_error` for the caller to refuse.
     """
 
     def __init__(self, in_rate: int, out_rate: int, zero_crossings: int = 16) -> None:
         if in_rate <= 0 or out_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
-        ratio = Fraction(out_rate, in_rate)
         self.in_rate, self.out_rate = in_rate, out_rate
-        self.up, self.down = ratio.numerator, ratio.denominator
+        self.up, self.down = _approximate_ratio(out_rate, in_rate)
         self.passthrough = self.up == self.down == 1
         self._bank = _polyphase(self.up, self.down, zero_crossings)
         self._taps = self._bank.shape[1]
         numtaps = 2 * zero_crossings * max(self.up, self.down) + 1 if not self.passthrough else 1
+        self.filter_taps = numtaps
         # group delay (numtaps-1)/2 in the upsampled domain, in output samples
         self._delay = ((numtaps - 1) // 2) // self.down
         # input history: the last taps-1 samples before _buf_start
@@ -138,6 +253,27 @@ class StreamingResampler:
         self._n_in = 0
         self._n_out = 0  # outputs emitted so far (after delay compensation)
         self._flushed = False
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``up/down`` equals ``out_rate/in_rate`` exactly."""
+        return Fraction(self.up, self.down) == Fraction(self.out_rate, self.in_rate)
+
+    @property
+    def effective_out_rate(self) -> float:
+        """The output rate actually produced, ``in_rate * up / down`` Hz."""
+        return self.in_rate * self.up / self.down
+
+    @property
+    def rate_error(self) -> float:
+        """Relative error of the output rate, ``effective_out_rate / out_rate - 1``:
+        positive means more output samples than ``out_rate`` asks for."""
+        return float(Fraction(self.up * self.in_rate, self.down * self.out_rate) - 1)
+
+    @property
+    def filter_bytes(self) -> int:
+        """Size of the polyphase filter bank (shared with other streams at this ratio)."""
+        return int(self._bank.nbytes)
 
     @property
     def samples_in(self) -> int:
@@ -163,14 +299,20 @@ class StreamingResampler:
         stop = k_max + 1
         if limit is not None:
             stop = min(stop, limit)
-        if stop <= self._n_out:
+        start = self._n_out
+        if stop <= start:
             return np.zeros(0, np.float32)
-        ks = np.arange(self._n_out, stop, dtype=np.int64) + self._delay
-        pos = ks * self.down
-        i0 = pos // self.up
-        phase = pos % self.up
-        idx = (i0 - self._buf_start)[:, None] - np.arange(self._taps)[None, :]
-        out = np.sum(self._bank[phase] * self._buf[idx], axis=1)
+        out = np.empty(stop - start, np.float32)
+        tap = np.arange(self._taps)[None, :]
+        block = max(1, _EMIT_BLOCK_ELEMENTS // self._taps)
+        # each output's sum is a row reduction of its own, so blocking cannot change it
+        for lo in range(start, stop, block):
+            hi = min(lo + block, stop)
+            pos = (np.arange(lo, hi, dtype=np.int64) + self._delay) * self.down
+            i0 = pos // self.up
+            phase = pos % self.up
+            idx = (i0 - self._buf_start)[:, None] - tap
+            out[lo - start : hi - start] = np.sum(self._bank[phase] * self._buf[idx], axis=1)
         self._n_out = stop
         # drop history no longer needed
         next_i0 = ((stop + self._delay) * self.down) // self.up
@@ -178,7 +320,7 @@ class StreamingResampler:
         if keep_from > 0:
             self._buf = self._buf[keep_from:]
             self._buf_start += keep_from
-        return out.astype(np.float32)
+        return out
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """Resample one chunk; returns the output samples that are now complete."""

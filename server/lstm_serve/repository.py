@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lstm_serve.errors import ManifestError, ModelNotFound, ModelNotReady
+from lstm_serve.errors import ManifestError, ModelNotFound, ModelNotReady, echo
 from lstm_serve.manifest import MANIFEST_FILE, Manifest, load_manifest
-from lstm_serve.runtime import ModelRuntime
+from lstm_serve.runtime import MemoryArena, ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class ModelRepository:
         providers: list[str],
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
+        *,
+        memory_arena: MemoryArena = "shrink",
+        arena_shrink_frames: int = 16384,
     ) -> ModelRepository:
         """Scan ``root`` and load every package; broken ones are recorded, not raised."""
         repo = cls(root=root)
@@ -81,7 +84,8 @@ class ModelRepository:
                 try:
                     entry.manifest = load_manifest(version_dir)
                     entry.runtime = ModelRuntime(
-                        entry.manifest, version_dir, providers, intra_op_threads, inter_op_threads
+                        entry.manifest, version_dir, providers, intra_op_threads, inter_op_threads,
+                        memory_arena=memory_arena, arena_shrink_frames=arena_shrink_frames,
                     )
                 except ManifestError as exc:
                     entry.error = str(exc)
@@ -116,12 +120,12 @@ class ModelRepository:
         versions = self.entries.get(name)
         if not versions:
             known = sorted(self.entries)
-            raise ModelNotFound(f"model.name: no model '{name}'; available models: {known}")
+            raise ModelNotFound(f"model.name: no model '{echo(name)}'; available models: {echo(known, 512)}")
         if version:
             entry = versions.get(version)
             if entry is None:
                 raise ModelNotFound(
-                    f"model.version: model '{name}' has no version '{version}'; "
+                    f"model.version: model '{name}' has no version '{echo(version)}'; "
                     f"versions: {self.versions(name)}"
                 )
             return entry

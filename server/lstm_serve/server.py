@@ -8,6 +8,7 @@ sessions and calls are refused with UNAVAILABLE, in-flight RPCs get
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -54,11 +55,15 @@ class LstmServer:
         providers = choose_providers(s.providers.providers)
         log.info("execution providers: %s", providers)
         repository = await asyncio.to_thread(
-            ModelRepository.load,
-            Path(s.server.models_dir),
-            providers,
-            s.providers.intra_op_threads,
-            s.providers.inter_op_threads,
+            functools.partial(
+                ModelRepository.load,
+                Path(s.server.models_dir),
+                providers,
+                s.providers.intra_op_threads,
+                s.providers.inter_op_threads,
+                memory_arena=s.providers.memory_arena,
+                arena_shrink_frames=s.providers.arena_shrink_frames,
+            )
         )
         self.metrics.build.labels(__version__).set(1)
         for entry in repository:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -38,6 +39,7 @@ from lstm_serve.errors import (
     InvalidInput,
     Overloaded,
     PreconditionFailed,
+    echo,
 )
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.manifest import LogMelFrontend, Manifest
@@ -50,6 +52,10 @@ from lstm_serve.settings import Settings
 log = logging.getLogger(__name__)
 
 REALTIME_ALLOWANCE_S = 2.0
+
+PREDICT_RUNS_IN_FLIGHT = 8
+"""Runs of one batched Predict that wait in the batcher at once: enough to fill its
+calls, few enough that one large request never fills the shared queue."""
 
 
 
@@ -73,6 +79,39 @@ def check_frames(frames: np.ndarray, manifest: Manifest, field: str, max_frames:
     if not np.isfinite(frames).all():
         bad = np.argwhere(~np.isfinite(frames))[0]
         raise InvalidInput(f"{field}: non-finite value (NaN or Inf) at frame {bad[0]}, feature {bad[1]}")
+
+
+def check_rows(request: PredictInput, manifest: Manifest, max_frames: int) -> None:
+    """Validate a Predict batch against the manifest, in whole-array operations (a
+    legal batch may hold a hundred thousand rows)."""
+    features, lengths = request.features, request.lengths
+
+    def field(i: int) -> str:
+        return f"features[{i}]" if request.batched else "features"
+
+    if features.shape[2] != manifest.input.feature_dim:
+        raise InvalidInput(
+            f"features: model '{manifest.name}' expects feature_dim {manifest.input.feature_dim}, "
+            f"got {features.shape[2]}"
+        )
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:
+        raise InvalidInput(f"{field(int(empty[0]))}: empty (length 0); send at least one frame")
+    longest = int(np.argmax(lengths))
+    if lengths[longest] > max_frames:
+        raise Overloaded(
+            f"{field(longest)}: {lengths[longest]} frames exceed the limit of {max_frames} per chunk or "
+            "sequence (LSTM_SERVE_SESSIONS__MAX_CHUNK_FRAMES); split it"
+        )
+    finite = np.isfinite(features).all(axis=2)
+    if not finite.all():
+        bad = np.argwhere(~finite & (np.arange(features.shape[1]) < lengths[:, np.newaxis]))
+        if bad.size:
+            row, frame = (int(v) for v in bad[0])
+            feature = int(np.flatnonzero(~np.isfinite(features[row, frame]))[0])
+            raise InvalidInput(
+                f"{field(row)}: non-finite value (NaN or Inf) at frame {frame}, feature {feature}"
+            )
 
 
 class InferenceService:
@@ -185,41 +224,77 @@ class InferenceService:
                 f"model '{manifest.name}' takes audio; send it with StreamPredict "
                 "(config.input_kind AUDIO)"
             )
-        if not request.sequences:
-            raise InvalidInput("features: no sequences; send [frames, feature_dim] or [batch, frames, feature_dim]")
-        max_frames = self.settings.sessions.max_chunk_frames
-        for i, seq in enumerate(request.sequences):
-            field = f"features[{i}]" if request.batched else "features"
-            check_frames(seq, manifest, field, max_frames)
+        limits = self.settings.sessions
+        batch, max_frames = request.features.shape[:2]
+        if batch * max_frames > limits.max_predict_frames:
+            raise Overloaded(
+                f"features: {batch} x {max_frames} frames exceed the limit of "
+                f"{limits.max_predict_frames} frames per call "
+                "(LSTM_SERVE_SESSIONS__MAX_PREDICT_FRAMES); split the batch"
+            )
+        check_rows(request, manifest, limits.max_chunk_frames)
         if request.session_id:
             return await self._predict_session(request, runtime, batcher, ref)
         states = self._initial_states(request, runtime)
-        if len(request.sequences) == 1:
-            results = [await batcher.submit(request.sequences[0], states)]
-        else:
-            results = await asyncio.gather(
-                *(
-                    batcher.submit(seq, [s[:, i : i + 1] for s in states])
-                    for i, seq in enumerate(request.sequences)
-                )
+        if batch == 1:
+            outputs, final = await batcher.submit_rows(
+                request.features[:, : int(request.lengths[0])], states
             )
-        outputs = [r[0] for r in results]
-        final_states = {}
-        if request.return_state:
-            for k, spec in enumerate(manifest.states):
-                final_states[spec.name] = np.concatenate([r[1][k] for r in results], axis=1)
-        return PredictOutput(ref, manifest.output.head, outputs, request.batched, final_states)
+        else:
+            outputs, final = await self._predict_runs(request, runtime, batcher, states)
+        lengths = request.lengths.tolist() if manifest.output.head == "per_frame" else [1] * batch
+        final_states = (
+            {spec.name: st for spec, st in zip(manifest.states, final, strict=True)}
+            if request.return_state
+            else {}
+        )
+        return PredictOutput(ref, manifest.output.head, outputs, lengths, request.batched, final_states)
+
+    async def _predict_runs(
+        self, request: PredictInput, runtime: ModelRuntime, batcher: Batcher, states: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run a batch as runs of same-length rows, at most ``max_batch_size`` each, and
+        put the results back in request order."""
+        manifest = runtime.manifest
+        lengths = request.lengths
+        batch = request.batch
+        order = np.argsort(lengths, kind="stable")
+        edges = [0, *(np.flatnonzero(np.diff(lengths[order])) + 1).tolist(), batch]
+        size = batcher.max_batch_size
+        runs = [order[i : min(i + size, b)] for a, b in itertools.pairwise(edges) for i in range(a, b, size)]
+        dim = manifest.output.dim
+        per_frame = manifest.output.head == "per_frame"
+        outputs = np.zeros((batch, int(lengths.max()), dim) if per_frame else (batch, dim), np.float32)
+        final = [np.zeros_like(s) for s in states]
+        pending = iter(runs)
+
+        async def worker() -> None:
+            for rows in pending:
+                frames = int(lengths[rows[0]])
+                out, new_states = await batcher.submit_rows(
+                    request.features[rows, :frames], [s[:, rows] for s in states]
+                )
+                if per_frame:
+                    outputs[rows, :frames] = out
+                else:
+                    outputs[rows] = out
+                for target, new in zip(final, new_states, strict=True):
+                    target[:, rows] = new
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(PREDICT_RUNS_IN_FLIGHT, len(runs))):
+                group.create_task(worker())
+        return outputs, final
 
     def _initial_states(self, request: PredictInput, runtime: ModelRuntime) -> list[np.ndarray]:
-        batch = len(request.sequences)
-        zeros = runtime.zero_states(batch)
+        zeros = runtime.zero_states(request.batch)
         if not request.initial_states:
             return zeros
         specs = runtime.manifest.states
         unknown = sorted(set(request.initial_states) - {s.name for s in specs})
         if unknown:
             raise InvalidInput(
-                f"initial_states: unknown state(s) {unknown}; model states are {[s.name for s in specs]}"
+                f"initial_states: unknown state(s) {echo(unknown)}; model states are {[s.name for s in specs]}"
             )
         states = []
         for spec, zero in zip(specs, zeros, strict=True):
@@ -241,9 +316,9 @@ class InferenceService:
         self, request: PredictInput, runtime: ModelRuntime, batcher: Batcher, ref: ModelRef
     ) -> PredictOutput:
         manifest = runtime.manifest
-        if len(request.sequences) != 1:
+        if request.batch != 1:
             raise InvalidInput(
-                f"session_id: a session continues one sequence; got a batch of {len(request.sequences)}"
+                f"session_id: a session continues one sequence; got a batch of {request.batch}"
             )
         if request.initial_states:
             raise InvalidInput("initial_states: not allowed with session_id; the session holds the state")
@@ -252,6 +327,7 @@ class InferenceService:
                 f"session_id: model '{manifest.name}' is not causal (bidirectional); it serves "
                 "whole sequences only, without sessions"
             )
+        frames = request.features[:, : int(request.lengths[0])]
         session, _ = self.sessions.acquire(
             request.session_id, ref, request.model.version, runtime.zero_states(1),
             must_exist=request.must_exist, stream=False,
@@ -259,9 +335,9 @@ class InferenceService:
         try:
             async with session.lock:
                 offset = session.frames
-                output, states = await batcher.submit(request.sequences[0], session.states)
+                output, states = await batcher.submit_rows(frames, session.states)
                 session.states = states
-                session.frames += request.sequences[0].shape[0]
+                session.frames += frames.shape[1]
                 final_states = (
                     {s.name: st for s, st in zip(manifest.states, states, strict=True)}
                     if request.return_state
@@ -269,8 +345,9 @@ class InferenceService:
                 )
         finally:
             self.sessions.release(session, stream=False, delete=request.end_session)
+        lengths = [frames.shape[1]] if manifest.output.head == "per_frame" else [1]
         return PredictOutput(
-            ref, manifest.output.head, [output], request.batched, final_states, session.id, offset
+            ref, manifest.output.head, output, lengths, request.batched, final_states, session.id, offset
         )
 
     # ---- StreamPredict -------------------------------------------------------------
@@ -283,7 +360,7 @@ class InferenceService:
         if not isinstance(first, StreamConfig):
             raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
         with self._admitted():
-            stream = self._open_stream(first)
+            stream = await self._open_stream(first)
             try:
                 yield stream.started
                 while True:
@@ -316,7 +393,7 @@ class InferenceService:
                 "session state is kept for resume until its TTL"
             ) from None
 
-    def _open_stream(self, config: StreamConfig) -> _Stream:
+    async def _open_stream(self, config: StreamConfig) -> _Stream:
         runtime, batcher = self._runtime(config.model)
         manifest = runtime.manifest
         if not manifest.causal:
@@ -336,6 +413,10 @@ class InferenceService:
             must_exist=config.must_exist, stream=True,
         )
         try:
+            if audio_format is not None and session.frontend is None:
+                assert isinstance(manifest.frontend, LogMelFrontend)
+                # Designing a resampling filter takes milliseconds: not on the loop.
+                session.frontend = await asyncio.to_thread(AudioFrontend, manifest.frontend, audio_format)
             return _Stream(self, session, resumed, config, runtime, batcher, audio_format)
         except BaseException:
             self.sessions.release(session, stream=True)
@@ -371,11 +452,9 @@ class _Stream:
         if is_audio:
             assert isinstance(manifest.frontend, LogMelFrontend)
             assert audio_format is not None
-            if session.frontend is None:
-                session.frontend = AudioFrontend(manifest.frontend, audio_format)  # type: ignore[arg-type]
-            elif session.frontend.format != audio_format:
+            if session.frontend.format != audio_format:
                 raise PreconditionFailed(
-                    f"config.audio: session '{session.id}' was started with {session.frontend.format}; "
+                    f"config.audio: session '{echo(session.id)}' was started with {session.frontend.format}; "
                     "a resumed session keeps its audio format"
                 )
             self._frontend = session.frontend
@@ -410,7 +489,7 @@ class _Stream:
             self._ended = True
             self._service.sessions.release(self._session, stream=True)
 
-    def _features_of(self, chunk: Chunk) -> np.ndarray:
+    async def _features_of(self, chunk: Chunk) -> np.ndarray:
         manifest = self._manifest
         if self._frontend is None:
             if chunk.features is None:
@@ -441,9 +520,10 @@ class _Stream:
                     f"chunk.audio: audio arrives faster than {self._max_rtf:g}x real time "
                     "(LSTM_SERVE_AUDIO__MAX_REALTIME_FACTOR); pace the stream"
                 )
+        frames = await asyncio.to_thread(self._frontend.accept, chunk.audio)
         self._audio_seconds += seconds
         self._audio_counter.inc(seconds)
-        return self._frontend.accept(chunk.audio)
+        return frames
 
     async def _run(self, frames: np.ndarray) -> np.ndarray:
         session = self._session
@@ -480,7 +560,7 @@ class _Stream:
             if session.pending is not None and session.pending[0] == chunk.sequence_number:
                 frames = session.pending[1]
             else:
-                frames = self._features_of(chunk)
+                frames = await self._features_of(chunk)
                 session.pending = (chunk.sequence_number, frames) if self._frontend is not None else None
             offset = session.frames
             outputs: np.ndarray | None = None

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lstm_serve.domain import ModelRef
-from lstm_serve.errors import Overloaded, SessionConflict, SessionNotFound
+from lstm_serve.errors import Overloaded, SessionConflict, SessionNotFound, echo
 from lstm_serve.metrics import Metrics
 
 
@@ -171,7 +171,7 @@ class SessionManager:
                     if self.store.was_expired(session_id)
                     else "is unknown"
                 )
-                raise SessionNotFound(f"session_id: session '{session_id}' {why}")
+                raise SessionNotFound(f"session_id: session '{echo(session_id)}' {why}")
             if len(self.store) >= self.store.max_sessions:
                 self._metrics.sessions_rejected.labels("cap").inc()
                 raise Overloaded(
@@ -189,14 +189,14 @@ class SessionManager:
         ):
             self._metrics.sessions_rejected.labels("conflict").inc()
             raise SessionConflict(
-                f"session_id: session '{session.id}' is bound to model '{session.model.name}' "
-                f"version {session.model.version}, not '{model.name}'"
-                + (f" version {requested_version}" if requested_version else "")
+                f"session_id: session '{echo(session.id)}' is bound to model '{session.model.name}' "
+                f"version {session.model.version}, not '{echo(model.name)}'"
+                + (f" version {echo(requested_version)}" if requested_version else "")
             )
         if session.stream_attached or (stream and session.predict_holds):
             self._metrics.sessions_rejected.labels("conflict").inc()
             holder = "attached to another stream" if session.stream_attached else "in use by a Predict call"
-            raise SessionConflict(f"session_id: session '{session.id}' is {holder}; wait for it to finish")
+            raise SessionConflict(f"session_id: session '{echo(session.id)}' is {holder}; wait for it to finish")
         self._hold(session, stream)
         session.touch()
         return session, True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from lstm_serve.domain import (
     StreamReply,
     StreamStarted,
 )
-from lstm_serve.errors import InvalidInput
+from lstm_serve.errors import InvalidInput, check_id, echo
 from lstm_serve.events import Event
 from lstm_serve.manifest import LogMelFrontend
 from lstm_serve.repository import ModelEntry
@@ -39,17 +40,41 @@ _INPUT_KINDS_BACK = {v: k for k, v in _INPUT_KINDS.items()}
 _ENCODINGS = {pb.AUDIO_ENCODING_PCM16: "pcm16", pb.AUDIO_ENCODING_FLOAT32: "float32"}
 
 
-def to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
-    """Decode a Tensor into a read-only float32 array, checking shape against bytes."""
-    if tensor.dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
+def _known_enum(enum: Any, value: int, field: str) -> int:
+    """Refuse an enum value the proto does not define (proto3 keeps unknown ints)."""
+    if value not in enum.values():
+        raise InvalidInput(
+            f"{field}: unknown value {value}; expected one of {', '.join(enum.keys())}"
+        )
+    return value
+
+
+def to_array(tensor: pb.Tensor, field: str, ranks: tuple[int, ...]) -> np.ndarray:
+    """Decode a Tensor into a read-only float32 array, never trusting the client.
+
+    The checks run before anything iterates or allocates, in this order: dtype, rank,
+    the sign of each dimension, zero size, then element count against byte length.
+    """
+    dtype = _known_enum(pb.DataType, tensor.dtype, f"{field}.dtype")
+    if dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
         raise InvalidInput(f"{field}.dtype: only FLOAT32 is supported")
+    rank = len(tensor.shape)
+    if rank not in ranks:
+        expected = " or ".join(str(r) for r in ranks)
+        raise InvalidInput(
+            f"{field}.shape: rank {rank} {echo(list(tensor.shape[:8]))}; expected rank {expected}"
+        )
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape: negative dimension in {shape}")
-    count = math.prod(shape) if shape else 0
-    if not shape or count * FLOAT32.itemsize != len(tensor.data):
+        raise InvalidInput(f"{field}.shape: negative dimension in {echo(shape)}")
+    if 0 in shape:
         raise InvalidInput(
-            f"{field}: shape {shape} needs {count * FLOAT32.itemsize} bytes of float32, got "
+            f"{field}.shape: zero-size (empty) tensor {echo(shape)}; every dimension must be at least 1"
+        )
+    count = math.prod(shape)
+    if count * FLOAT32.itemsize != len(tensor.data):
+        raise InvalidInput(
+            f"{field}: shape {echo(shape)} needs {echo(count * FLOAT32.itemsize)} bytes of float32, got "
             f"{len(tensor.data)} bytes"
         )
     return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
@@ -65,7 +90,7 @@ def model_ref(ref: pb.ModelRef) -> ModelRef:
     """Domain model reference; the name is required."""
     if not ref.name:
         raise InvalidInput("model.name: required; call ListModels for the available names")
-    return ModelRef(ref.name, ref.version)
+    return ModelRef(check_id(ref.name, "model.name"), check_id(ref.version, "model.version"))
 
 
 def _ref_pb(ref: ModelRef) -> pb.ModelRef:
@@ -108,32 +133,36 @@ def model_metadata(entry: ModelEntry, versions: list[str]) -> pb.ModelMetadata:
 
 
 def predict_input(request: pb.PredictRequest) -> PredictInput:
-    """Split the request's features into per-sequence arrays cut to their lengths."""
+    """The request's features as one ``[batch, max_frames, feature_dim]`` array plus
+    per-row lengths."""
     if not request.HasField("features"):
         raise InvalidInput("features: required; a [frames, feature_dim] or [batch, frames, feature_dim] tensor")
-    features = to_array(request.features, "features")
-    if features.ndim == 2:
-        batched, rows = False, features[np.newaxis]
-    elif features.ndim == 3:
-        batched, rows = True, features
+    features = to_array(request.features, "features", ranks=(2, 3))
+    batched = features.ndim == 3
+    rows = features if batched else features[np.newaxis]
+    batch, max_frames = rows.shape[0], rows.shape[1]
+    if request.lengths:
+        if len(request.lengths) != batch:
+            raise InvalidInput(f"lengths: {len(request.lengths)} entries for a batch of {batch}")
+        lengths = np.asarray(request.lengths, dtype=np.int64)
+        too_long = np.flatnonzero(lengths > max_frames)
+        if too_long.size:
+            i = int(too_long[0])
+            raise InvalidInput(f"lengths[{i}]: {lengths[i]} exceeds max_frames {max_frames}")
     else:
-        raise InvalidInput(
-            f"features.shape: expected [frames, feature_dim] or [batch, frames, feature_dim], got "
-            f"{list(features.shape)}"
+        lengths = np.full(batch, max_frames, dtype=np.int64)
+    initial = {
+        check_id(s.name, "initial_states.name"): to_array(
+            s.tensor, f"initial_states['{echo(s.name)}']", ranks=(3,)
         )
-    lengths = list(request.lengths)
-    if lengths and len(lengths) != rows.shape[0]:
-        raise InvalidInput(f"lengths: {len(lengths)} entries for a batch of {rows.shape[0]}")
-    for i, length in enumerate(lengths):
-        if length > rows.shape[1]:
-            raise InvalidInput(f"lengths[{i}]: {length} exceeds max_frames {rows.shape[1]}")
-    sequences = [row[: lengths[i]] if lengths else row for i, row in enumerate(rows)]
-    initial = {s.name: to_array(s.tensor, f"initial_states['{s.name}']") for s in request.initial_states}
+        for s in request.initial_states
+    }
     return PredictInput(
         model=model_ref(request.model),
-        sequences=sequences,
+        features=rows,
+        lengths=lengths,
         batched=batched,
-        session_id=request.session_id,
+        session_id=check_id(request.session_id, "session_id"),
         must_exist=request.must_exist,
         end_session=request.end_session,
         return_state=request.return_state,
@@ -142,21 +171,12 @@ def predict_input(request: pb.PredictRequest) -> PredictInput:
 
 
 def predict_response(result: PredictOutput) -> pb.PredictResponse:
-    """Pack per-sequence outputs, padding per-frame rows to the longest sequence."""
-    lengths = [o.shape[0] if result.head == "per_frame" else 1 for o in result.outputs]
-    if result.head == "per_frame":
-        width = result.outputs[0].shape[-1]
-        packed = np.zeros((len(result.outputs), max(lengths), width), dtype=FLOAT32)
-        for i, out in enumerate(result.outputs):
-            packed[i, : out.shape[0]] = out
-    else:
-        packed = np.stack(result.outputs)
-    if not result.batched:
-        packed = packed[0]
+    """Pack the outputs, mirroring the request's batch axis."""
+    packed = result.outputs if result.batched else result.outputs[0]
     return pb.PredictResponse(
         model=_ref_pb(result.model),
         outputs=to_tensor(packed),
-        lengths=lengths,
+        lengths=result.lengths,
         states=[pb.NamedTensor(name=k, tensor=to_tensor(v)) for k, v in result.states.items()],
         session_id=result.session_id,
         frame_offset=result.frame_offset,
@@ -164,8 +184,10 @@ def predict_response(result: PredictOutput) -> pb.PredictResponse:
 
 
 def _stream_config(config: pb.StreamConfig) -> StreamConfig:
+    _known_enum(pb.InputKind, config.input_kind, "config.input_kind")
     audio = None
     if config.HasField("audio"):
+        _known_enum(pb.AudioEncoding, config.audio.encoding, "config.audio.encoding")
         encoding = _ENCODINGS.get(config.audio.encoding)
         if encoding is None:
             raise InvalidInput(
@@ -175,7 +197,7 @@ def _stream_config(config: pb.StreamConfig) -> StreamConfig:
     output = config.output
     return StreamConfig(
         model=model_ref(config.model),
-        session_id=config.session_id,
+        session_id=check_id(config.session_id, "config.session_id"),
         must_exist=config.must_exist,
         input_kind=_INPUT_KINDS_BACK.get(config.input_kind),  # type: ignore[arg-type]
         audio=audio,
@@ -194,7 +216,7 @@ def stream_message(request: pb.StreamRequest) -> StreamMessage:
         chunk = request.chunk
         payload = chunk.WhichOneof("payload")
         if payload == "features":
-            return Chunk(chunk.sequence_number, features=to_array(chunk.features, "chunk.features"))
+            return Chunk(chunk.sequence_number, features=to_array(chunk.features, "chunk.features", ranks=(2,)))
         if payload == "audio":
             return Chunk(chunk.sequence_number, audio=chunk.audio)
         raise InvalidInput("chunk: empty; set chunk.features or chunk.audio")

@@ -1,7 +1,8 @@
 """The one place where domain exceptions become gRPC status codes.
 
-It also times every RPC of the Inference service and counts errors by code, so no
-servicer method deals with either.
+It wraps every service the server hosts: a request that does not parse gets
+INVALID_ARGUMENT, never grpc's UNKNOWN or INTERNAL. It also times every RPC of the
+Inference service and counts errors by code, so no servicer method deals with either.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class _Outcome:
             await context.abort(self.code, str(exc))
         self.code = grpc.StatusCode.INTERNAL
         log.exception("unhandled error", exc_info=exc)
-        await context.abort(self.code, f"internal error: {type(exc).__name__}; see server logs")
+        await context.abort(self.code, "internal error; see the server log")
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
         remaining = context.time_remaining()
@@ -63,76 +64,122 @@ class _Outcome:
         self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
+class _Undecodable:
+    """Stands for a request message that did not parse, so the handler, not grpc's
+    generic UNKNOWN/INTERNAL path, answers it."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> errors.InvalidInput:
+        return errors.InvalidInput(f"request is not a valid {self.type_name}")
+
+
+def _message_name(deserializer: Any) -> str:
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request message"))
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    type_name = _message_name(deserializer)
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            # DecodeError for garbage, truncation, endless varints and invalid UTF-8.
+            return _Undecodable(type_name)
+
+    return deserialize
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error()
+        yield request
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes and records RPC latency and errors."""
+    """Maps domain errors to status codes for every service on the server, answers
+    undecodable requests with INVALID_ARGUMENT, and records the latency and errors of
+    the Inference service's RPCs."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def _record(self, method: str, started: float, code: grpc.StatusCode) -> None:
+    def _record(self, method: str | None, started: float, code: grpc.StatusCode) -> None:
+        if method is None:
+            return
         self._metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
         if code is not grpc.StatusCode.OK:
             self._metrics.errors.labels(method, code.name).inc()
+
+    @contextlib.asynccontextmanager
+    async def _handled(self, method: str | None, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Turn what the wrapped block raises into its status, and record the RPC."""
+        started, outcome = time.perf_counter(), _Outcome()
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome.cancelled(context)
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await outcome.abort(context, exc)
+        finally:
+            self._record(method, started, outcome.code)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap the Inference service's handlers; pass others through."""
+        """Wrap every unary-unary and stream-stream handler; pass others through."""
         handler = await continuation(handler_call_details)
-        full_method: str = handler_call_details.method
-        if handler is None or not full_method.startswith(SERVICE_PREFIX):
+        if handler is None:
             return handler
-        method = full_method.removeprefix(SERVICE_PREFIX)
+        full_method: str = handler_call_details.method
+        method = full_method.removeprefix(SERVICE_PREFIX) if full_method.startswith(SERVICE_PREFIX) else None
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+    def _wrap_unary(self, method: str | None, behavior: Any) -> Any:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, outcome = time.perf_counter(), _Outcome()
-            try:
+            async with self._handled(method, context):
+                if isinstance(request, _Undecodable):
+                    raise request.error()
                 return await behavior(request, context)
-            except asyncio.CancelledError:
-                outcome.cancelled(context)
-                raise
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                await outcome.abort(context, exc)
-            finally:
-                self._record(method, started, outcome.code)
 
         return wrapped
 
-    def _wrap_stream(self, method: str, behavior: Any) -> Any:
+    def _wrap_stream(self, method: str | None, behavior: Any) -> Any:
         async def wrapped(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started, outcome = time.perf_counter(), _Outcome()
-            try:
-                # aclosing: a client that goes away closes the whole generator chain at
-                # once, so its session is released now, not when the garbage is collected.
-                async with contextlib.aclosing(behavior(requests, context)) as responses:
-                    async for response in responses:
-                        yield response
-            except (asyncio.CancelledError, GeneratorExit):
-                outcome.cancelled(context)
-                raise
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                await outcome.abort(context, exc)
-            finally:
-                self._record(method, started, outcome.code)
+            # aclosing: a client that goes away closes the whole generator chain at
+            # once, so its session is released now, not when the garbage is collected.
+            async with (
+                self._handled(method, context),
+                contextlib.aclosing(behavior(_decoded(requests), context)) as responses,
+            ):
+                async for response in responses:
+                    yield response
 
         return wrapped
