@@ -4,7 +4,14 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Two installs into the same .venv, each recorded by a stamp named after a hash of
+# pyproject.toml and its extras: `serve` is the server and the client alone (no torch);
+# `full` adds the `train` and `dev` extras (torch, pytest, ruff, mypy, grpcio-tools).
+SERVE_EXTRAS :=
+FULL_EXTRAS  := train,dev
+stamp = $(VENV)/.installed-$(1)-$(shell { cat pyproject.toml; echo 'extras=$(2)'; } | sha1sum | cut -c1-12)
+SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
+FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup serve test lint proto proto-check gpu-check train bench deploy-tools deploy-check clean
@@ -12,44 +19,51 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The lean install. A full install includes it, so it also writes this stamp.
+$(SERVE_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
-	@rm -f $(VENV)/.installed-* && touch $@
+	$(BIN)/python -m pip install --quiet -e .
+	@rm -f $(VENV)/.installed-serve-* && touch $@
 
-setup: $(STAMP) ## create .venv with the server, client, training and dev tools
+$(FULL_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(FULL_EXTRAS)]'
+	@rm -f $(VENV)/.installed-* && touch $@ $(SERVE_STAMP)
 
-serve: $(STAMP) ## serve the bundled models/ on :50051 (metrics on :9090)
+setup: $(FULL_STAMP) ## create .venv with the server, client, training and dev tools
+
+serve: $(SERVE_STAMP) ## install the server and client into .venv (no torch); serve models/ on :50051 (metrics :9090)
 	$(BIN)/lstm-serve --models models
 
-proto: $(STAMP) ## regenerate the Python code for protos/
+proto: $(FULL_STAMP) ## regenerate the Python code for protos/
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
 
 proto-check: proto ## fail when the committed generated code is stale
 	@git diff --exit-code --stat -- protos/ || (echo "generated code in protos/ is stale: run 'make proto' and commit" && exit 1)
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(FULL_STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 deploy-tools: ## install the manifest validators into .venv-deploy
 	scripts/setup-deploy-tools.sh
 
-test: $(STAMP) deploy-tools proto-check lint ## the whole test suite (what CI runs)
+test: $(FULL_STAMP) deploy-tools proto-check lint ## the whole test suite (what CI runs)
 	$(BIN)/pytest
 
-gpu-check: $(STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
+gpu-check: $(FULL_STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
 	$(BIN)/python scripts/gpu_check.py
 
-train: $(STAMP) ## retrain every bundled model into models/ and remake demo/ (~20 min)
+train: $(FULL_STAMP) ## retrain every bundled model into models/ and remake demo/ (~20 min)
 	for recipe in har har-gru vowels kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
 	$(BIN)/lstm-train demo --model models/kws/1 --out demo
 
-bench: $(STAMP) ## benchmark: in-process ORT vs server batching off/on; writes docs/benchmarks.md (~4 min)
+bench: $(FULL_STAMP) ## benchmark: in-process ORT vs server batching off/on; writes docs/benchmarks.md (~4 min)
 	$(BIN)/python scripts/bench.py
 
-deploy-check: $(STAMP) deploy-tools ## validate deploy/ (kustomize, schemas, checkov, semantics)
+deploy-check: $(FULL_STAMP) deploy-tools ## validate deploy/ (kustomize, schemas, checkov, semantics)
 	$(BIN)/pytest tests/deploy
 
 clean: ## remove virtualenvs and caches

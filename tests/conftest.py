@@ -15,9 +15,9 @@ import torch
 from lstm_serve.manifest import KeywordPostprocess, LogMelFrontend
 from lstm_train.export import build_manifest, export_package
 from lstm_train.model import NetConfig, RecurrentNet
-from tests.harness import REPO, ServerHandle, start_server
+from tests.harness import FEATURE_DIM, REPO, ServerHandle, start_server
 
-FEATURE_DIM = 6
+__all__ = ["AUDIO_FRONTEND", "FEATURE_DIM", "FixtureModels"]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Start a real lstm-serve process on free loopback ports and wait for it via health.
+"""Start a real lstm-serve process on free loopback ports and wait for it via health,
+and the helpers that several test modules share.
 
 Integration tests talk to it with the real client; nothing is mocked.
 """
@@ -7,15 +8,25 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from lstm_client.launch import ServerProcess, free_port, run_server, scrape
+import numpy as np
 
-__all__ = ["REPO", "ServerHandle", "metric_sum", "scrape", "start_server", "wait_until"]
+from lstm_client.launch import ServerProcess, run_server, scrape
+
+__all__ = [
+    "ATOL", "FEATURE_DIM", "REPO", "ServerHandle", "active_sessions", "frames", "metric_sum", "scrape",
+    "start_server", "wait_until",
+]
 
 REPO = Path(__file__).resolve().parent.parent
+FEATURE_DIM = 6
+"""Input dimension of the fixture feature models (``lstm``, ``gru``, ``bilstm``)."""
+ATOL = 1e-5
+"""Served outputs and states against PyTorch's."""
 
 
 ServerHandle = ServerProcess
@@ -28,16 +39,18 @@ def start_server(
     args: list[str] | None = None,
     ready_timeout: float = 60.0,
 ) -> AbstractContextManager[ServerProcess]:
-    """Run ``lstm-serve`` on free loopback ports until the block exits (then SIGTERM it)."""
-    port, metrics_port = free_port(), free_port()
+    """Run ``lstm-serve`` until the block exits (then SIGTERM it). It binds free loopback
+    ports itself (port 0) and reports them back; the handle carries them."""
     log_dir = Path(os.environ.get("LSTM_SERVE_TEST_LOGS", "/tmp"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fd, log_name = tempfile.mkstemp(dir=log_dir, prefix="lstm-serve-test-", suffix=".log")
+    os.close(fd)
     cmd = [
         sys.executable, "-m", "lstm_serve.main",
-        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
         "--models", str(models_dir), *(args or []),
     ]
-    log_path = log_dir / f"lstm-serve-test-{port}.log"
-    return run_server(cmd, port, metrics_port, log_path, env=env, cwd=REPO, ready_timeout=ready_timeout)
+    return run_server(cmd, None, None, Path(log_name), env=env, cwd=REPO, ready_timeout=ready_timeout)
 
 
 def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
@@ -60,3 +73,13 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += value
     return total
+
+
+def frames(seed: int, length: int) -> np.ndarray:
+    """Random [length, FEATURE_DIM] float32 feature frames."""
+    return np.random.default_rng(seed).standard_normal((length, FEATURE_DIM)).astype(np.float32)
+
+
+def active_sessions(server: ServerProcess) -> float:
+    """The active-sessions gauge, summed over models."""
+    return metric_sum(scrape(server.metrics_url), "lstm_serve_sessions_active")

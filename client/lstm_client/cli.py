@@ -29,7 +29,7 @@ examples:
   lstm-client metadata har
   lstm-client predict har --input walk.npy --json
   lstm-client stream har --input walk.npy --chunk-frames 10
-  lstm-client stream kws --wav demo/kws_demo_1.wav --realtime
+  lstm-client stream kws --wav demo/demo1.wav --realtime
 
 --target defaults to {DEFAULT_TARGET}. With --json each command prints exactly one JSON
 document on stdout. Errors go to stderr as 'error: STATUS: message' with exit code 1.

@@ -10,12 +10,20 @@ the same feature frames.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
 from lstm_serve.domain import AudioFormat
 from lstm_serve.errors import InvalidInput
-from lstm_serve.features import PcmDecoder, StreamingLogMel, StreamingResampler
+from lstm_serve.features import (
+    DecoderState,
+    LogMelState,
+    PcmDecoder,
+    ResamplerState,
+    StreamingLogMel,
+    StreamingResampler,
+)
 from lstm_serve.manifest import LogMelFrontend
 
 MAX_SAMPLE_RATE_HZ = 192_000
@@ -44,11 +52,22 @@ def check_audio_format(fmt: AudioFormat | None) -> AudioFormat:
     return fmt
 
 
+@dataclass(frozen=True)
+class FrontendState:
+    """An :class:`AudioFrontend` between two chunks."""
+
+    format: AudioFormat
+    decoder: DecoderState
+    resampler: ResamplerState | None
+    logmel: LogMelState
+
+
 class AudioFrontend:
     """Streaming bytes-to-features for one session."""
 
     def __init__(self, frontend: LogMelFrontend, fmt: AudioFormat) -> None:
         self.format = fmt
+        self.config = frontend
         self._decoder = PcmDecoder(fmt.encoding)
         self._resampler = (
             StreamingResampler(fmt.sample_rate_hz, frontend.sample_rate_hz)
@@ -63,6 +82,25 @@ class AudioFrontend:
             )
         self._logmel = StreamingLogMel(frontend)
         self.bytes_per_second = BYTES_PER_SAMPLE[fmt.encoding] * fmt.sample_rate_hz
+
+    def snapshot(self) -> FrontendState:
+        """The decoder's, resampler's and log-mel framer's state, as a value."""
+        return FrontendState(
+            self.format,
+            self._decoder.snapshot(),
+            self._resampler.snapshot() if self._resampler is not None else None,
+            self._logmel.snapshot(),
+        )
+
+    @classmethod
+    def restore(cls, frontend: LogMelFrontend, state: FrontendState) -> AudioFrontend:
+        """A front-end that continues exactly where ``state`` was taken."""
+        restored = cls(frontend, state.format)
+        restored._decoder = PcmDecoder.restore(state.decoder)
+        if state.resampler is not None:
+            restored._resampler = StreamingResampler.restore(state.resampler)
+        restored._logmel = StreamingLogMel.restore(frontend, state.logmel)
+        return restored
 
     def seconds(self, data: bytes) -> float:
         """Duration of ``data`` in this stream's format."""

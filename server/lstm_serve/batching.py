@@ -31,9 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_serve.domain import ModelRef
 from lstm_serve.errors import Draining, Overloaded
 from lstm_serve.metrics import Metrics
+from lstm_serve.repository import ModelRepository
 from lstm_serve.runtime import STATE_BATCH_AXIS, ModelRuntime
+from lstm_serve.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +243,23 @@ class Batcher:
         self._batch_size.observe(x.shape[0])
         self._frames.inc(x.shape[0] * x.shape[1])
         return outputs, new_states
+
+
+def build_batchers(
+    repository: ModelRepository, executor: Executor, metrics: Metrics, settings: BatchingSettings
+) -> dict[ModelRef, Batcher]:
+    """One batcher per ready model version (unstarted; the service starts them)."""
+    batchers: dict[ModelRef, Batcher] = {}
+    for entry in repository:
+        if entry.runtime is None:
+            continue
+        enabled = settings.enabled and entry.name not in settings.disabled_models
+        batchers[ModelRef(entry.name, entry.version)] = Batcher(
+            entry.runtime,
+            executor,
+            metrics,
+            max_batch_size=settings.max_batch_size if enabled else 1,
+            max_delay_s=settings.max_delay_ms / 1000 if enabled else 0.0,
+            max_queue=settings.max_queue,
+        )
+    return batchers

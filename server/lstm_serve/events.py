@@ -55,6 +55,18 @@ class Event:
     is_final: bool
 
 
+@dataclass(frozen=True)
+class SpotterState:
+    """A :class:`KeywordSpotter` between two chunks: the smoothing window's last
+    posteriors, the frame counter, the refractory end and the open detection."""
+
+    history: np.ndarray
+    frame: int
+    blocked_until: int
+    open: tuple[int, int, int, float] | None
+    """label index, first frame, last frame, peak score."""
+
+
 class KeywordSpotter:
     """Streaming keyword event detector; see the module docstring for the rules."""
 
@@ -80,6 +92,24 @@ class KeywordSpotter:
         self._frame = 0  # index of the next frame
         self._blocked_until = 0  # first frame at which a new detection may open
         self._open: tuple[int, int, int, float] | None = None  # label, start, last, peak
+
+    def snapshot(self) -> SpotterState:
+        """This detector's state, as a value."""
+        history = np.array(self._history, copy=True)
+        history.flags.writeable = False
+        return SpotterState(history, self._frame, self._blocked_until, self._open)
+
+    @classmethod
+    def restore(
+        cls, postprocess: KeywordPostprocess, labels: Sequence[str], frame_rate_hz: float, state: SpotterState
+    ) -> KeywordSpotter:
+        """A detector that continues exactly where ``state`` was taken."""
+        spotter = cls(postprocess, labels, frame_rate_hz)
+        spotter._history = np.array(state.history, dtype=np.float64)
+        spotter._frame = state.frame
+        spotter._blocked_until = state.blocked_until
+        spotter._open = state.open
+        return spotter
 
     @property
     def frames_seen(self) -> int:

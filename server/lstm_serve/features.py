@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
@@ -40,7 +41,10 @@ from scipy.signal import firwin
 from lstm_serve.manifest import LogMelFrontend
 
 __all__ = [
+    "DecoderState",
+    "LogMelState",
     "PcmDecoder",
+    "ResamplerState",
     "StreamingLogMel",
     "StreamingResampler",
     "frame_count",
@@ -50,7 +54,23 @@ __all__ = [
 ]
 
 
+def frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only copy, for state values that must not change behind their owner."""
+    copy = np.array(array, copy=True)
+    copy.flags.writeable = False
+    return copy
+
+
 # --------------------------------------------------------------------------- PCM
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """A :class:`PcmDecoder` between two chunks."""
+
+    encoding: Literal["pcm16", "float32"]
+    pending: bytes
+    samples_decoded: int
 
 
 class PcmDecoder:
@@ -80,6 +100,18 @@ class PcmDecoder:
     def pending_bytes(self) -> int:
         """Bytes of an incomplete trailing sample held until the next chunk."""
         return len(self._pending)
+
+    def snapshot(self) -> DecoderState:
+        """This decoder's state, as a value."""
+        return DecoderState(self.encoding, self._pending, self.samples_decoded)
+
+    @classmethod
+    def restore(cls, state: DecoderState) -> PcmDecoder:
+        """A decoder that continues exactly where ``state`` was taken."""
+        decoder = cls(state.encoding)
+        decoder._pending = state.pending
+        decoder.samples_decoded = state.samples_decoded
+        return decoder
 
     def accept(self, data: bytes) -> np.ndarray:
         """Decode ``data`` (after any pending bytes) into float32 samples."""
@@ -200,6 +232,20 @@ def _polyphase(up: int, down: int, zero_crossings: int) -> np.ndarray:
     return _FILTER_CACHE.get(up, down, zero_crossings)
 
 
+@dataclass(frozen=True)
+class ResamplerState:
+    """A :class:`StreamingResampler` between two chunks: the rates and the input
+    history it still needs (the filter itself is rebuilt from the rates)."""
+
+    in_rate: int
+    out_rate: int
+    history: np.ndarray
+    history_start: int
+    samples_in: int
+    samples_out: int
+    flushed: bool
+
+
 class StreamingResampler:
     """Rational-ratio polyphase FIR resampler that is exact under any chunking.
 
@@ -253,6 +299,24 @@ class StreamingResampler:
         self._n_in = 0
         self._n_out = 0  # outputs emitted so far (after delay compensation)
         self._flushed = False
+
+    def snapshot(self) -> ResamplerState:
+        """This resampler's state, as a value."""
+        return ResamplerState(
+            self.in_rate, self.out_rate, frozen(self._buf), self._buf_start, self._n_in,
+            self._n_out, self._flushed,
+        )
+
+    @classmethod
+    def restore(cls, state: ResamplerState) -> StreamingResampler:
+        """A resampler that continues exactly where ``state`` was taken."""
+        resampler = cls(state.in_rate, state.out_rate)
+        resampler._buf = np.array(state.history, dtype=np.float64)
+        resampler._buf_start = state.history_start
+        resampler._n_in = state.samples_in
+        resampler._n_out = state.samples_out
+        resampler._flushed = state.flushed
+        return resampler
 
     @property
     def exact(self) -> bool:
@@ -410,6 +474,18 @@ def frame_count(n_samples: int, frontend: LogMelFrontend, *, flushed: bool = Tru
     return 0 if n_samples < win else (n_samples - win) // hop + 1
 
 
+@dataclass(frozen=True)
+class LogMelState:
+    """A :class:`StreamingLogMel` between two chunks: the samples of the next frame
+    and the counters (the window and filter bank come from the manifest)."""
+
+    previous_sample: float
+    buffered: np.ndarray
+    frames: int
+    samples_in: int
+    flushed: bool
+
+
 class StreamingLogMel:
     """Streaming log-mel features: carries leftover samples between chunks.
 
@@ -428,6 +504,21 @@ class StreamingLogMel:
         self._frames = 0
         self._n_in = 0
         self._flushed = False
+
+    def snapshot(self) -> LogMelState:
+        """This extractor's state, as a value."""
+        return LogMelState(self._prev, frozen(self._buf), self._frames, self._n_in, self._flushed)
+
+    @classmethod
+    def restore(cls, frontend: LogMelFrontend, state: LogMelState) -> StreamingLogMel:
+        """An extractor that continues exactly where ``state`` was taken."""
+        logmel = cls(frontend)
+        logmel._prev = state.previous_sample
+        logmel._buf = np.array(state.buffered, dtype=np.float64)
+        logmel._frames = state.frames
+        logmel._n_in = state.samples_in
+        logmel._flushed = state.flushed
+        return logmel
 
     @property
     def frames_emitted(self) -> int:

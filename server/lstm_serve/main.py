@@ -11,9 +11,11 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
@@ -40,6 +42,7 @@ examples:
   lstm-serve --workers 2                       # two processes share the port
   LSTM_SERVE_SESSIONS__TTL_S=60 lstm-serve     # expire idle sessions after a minute
   lstm-serve --print-settings                  # the effective settings as JSON
+  lstm-serve --port 0 --metrics-port 0 --port-file ports.json   # any free ports; read them back
 """
 
 
@@ -74,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, help="server processes sharing the port [LSTM_SERVE_SERVER__WORKERS, default 1]"
     )
+    p.add_argument(
+        "--port-file",
+        metavar="PATH",
+        help='[flag only] once the ports are bound, write them to PATH as one JSON line {"port": N, '
+        '"metrics_port": M} (M is null without metrics); use with --port 0 --metrics-port 0. A regular '
+        "file is replaced atomically; a pipe (e.g. /dev/fd/N) gets the line. With --workers the parent "
+        "writes it once the workers are started. Ready means health SERVING, not this file",
+    )
     p.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
     p.add_argument("--version", action="version", version=f"lstm-serve {__version__}")
     return p
@@ -104,10 +115,32 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings.model_validate(base)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain."""
+def write_port_file(path: str, port: int, metrics_port: int | None) -> None:
+    """Write the bound ports to ``path`` as one JSON line: by an atomic rename for a
+    regular file, or straight into an existing pipe or device (``/dev/fd/N``)."""
+    line = json.dumps({"port": port, "metrics_port": metrics_port}) + "\n"
+    target = Path(path)
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+        with target.open("w") as pipe:
+            pipe.write(line)
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(line)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+async def serve(settings: Settings, port_file: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain. With ``port_file``, write the bound
+    ports there once the server is listening."""
     server = LstmServer(settings)
     await server.start()
+    if port_file is not None:
+        write_port_file(port_file, server.port, server.metrics_port if settings.metrics.enabled else None)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -138,9 +171,11 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def run_workers(settings: Settings) -> int:
+def run_workers(settings: Settings, port_file: str | None = None) -> int:
     """Run ``settings.server.workers`` server processes on one port and serve their
-    aggregated metrics from this process until SIGTERM/SIGINT."""
+    aggregated metrics from this process until SIGTERM/SIGINT. With ``port_file``, write
+    the port (chosen here when it is 0) and the metrics port there once the workers are
+    started; they are listening when health says SERVING."""
     log = logging.getLogger("lstm_serve")
     metrics_dir = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -178,6 +213,13 @@ def run_workers(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = 0
+    if port_file is not None:
+        try:
+            write_port_file(port_file, port, endpoint.port if endpoint is not None else None)
+        except OSError as exc:
+            log.error("cannot write the port file: %s; stopping the workers", exc)
+            code = 1
+            on_signal(signal.SIGTERM, None)
     alive = list(workers)
     while alive:
         for sentinel in wait([w.sentinel for w in alive]):
@@ -219,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _configure_logging(settings)
     if settings.server.workers > 1:
-        return run_workers(settings)
+        return run_workers(settings, args.port_file)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, args.port_file))
     except ProviderError as exc:
         print(f"lstm-serve: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ event loop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Literal
@@ -52,9 +53,10 @@ class ModelRuntime:
         options.log_severity_level = 3
         self.manifest = manifest
         self.package_dir = package_dir
-        self._session = ort.InferenceSession(
-            str(package_dir / MODEL_FILE), options, providers=providers
-        )
+        graph = (package_dir / MODEL_FILE).read_bytes()
+        self.content_hash = hashlib.sha256(graph).hexdigest()
+        """sha256 of ``model.onnx``: a session's state is bound to these weights."""
+        self._session = ort.InferenceSession(graph, options, providers=providers)
         check_against_graph(
             manifest, package_dir, self._session.get_inputs(), self._session.get_outputs()
         )

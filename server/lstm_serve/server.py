@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -18,10 +19,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lstm_serve import __version__
+from lstm_serve.batching import build_batchers
 from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
 from lstm_serve.providers import choose_providers
 from lstm_serve.repository import ModelRepository
 from lstm_serve.service import InferenceService
+from lstm_serve.sessions import InMemorySessionStore
 from lstm_serve.settings import Settings
 from lstm_serve.transport.interceptor import ErrorInterceptor
 from lstm_serve.transport.servicer import SERVICE_NAME, add_inference_service
@@ -71,7 +74,12 @@ class LstmServer:
             if entry.runtime is not None:
                 in_use = ",".join(entry.runtime.providers)
                 self.metrics.providers.labels(entry.name, entry.version, in_use).set(1)
-        self.service = InferenceService(repository, s, self.metrics)
+        store = InMemorySessionStore(s.sessions.ttl_s, s.sessions.max_sessions, self.metrics)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        batchers = build_batchers(repository, executor, self.metrics, s.batching)
+        self.service = InferenceService(
+            repository, s, self.metrics, store=store, executor=executor, batchers=batchers
+        )
         await self.service.start()
         options = [
             ("grpc.max_receive_message_length", s.server.max_message_bytes),

@@ -1,221 +1,294 @@
-"""Per-session recurrent state and the store that keeps it.
+"""Where sessions live, and the process-local handles that serve them.
 
-A session is bound to one model version for its whole life and holds the recurrent
-states after the last processed chunk, the next expected sequence number, and, for
-audio streams, the front-end and event-detector state. The store is a small
-interface (get, put, delete, expire) so that a shared store can replace the default
-in-memory one.
+- :class:`SessionStore` is an async interface over :class:`~lstm_serve.state.SessionState`
+  values: get, create, compare-and-set, delete and expire. Every step commits the new
+  state with compare-and-set on the state's version, so a writer that lost the session
+  can never overwrite newer state. :class:`InMemorySessionStore` is the default.
+- :class:`LiveSession` is the process-local part of a session that is in use: the
+  lock that serializes its steps (FIFO, so steps run in arrival order), its holds, the
+  last committed state, and the hydrated front-end objects.
+- :class:`SessionRegistry` opens and closes live sessions: it enforces the open mode,
+  the cap, the model binding and the holds (a stream holds a session alone; Predict
+  calls share it, one step at a time).
 
-Lifecycle: a session is *held* while a stream (exclusively) or Predict calls (one at
-a time, in arrival order) use it, and *detached* otherwise. Detached sessions expire
-after ``ttl_s`` idle seconds. A stream
-that ends without ``end`` (disconnect, cancel, error) only detaches its session, so
-the client can resume it until the TTL runs out.
+A stream that ends without ``end`` (disconnect, cancel, error) only detaches its
+session: the committed state stays in the store until its idle TTL runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Literal, Protocol
 
-import numpy as np
-
-from lstm_serve.domain import ModelRef
+from lstm_serve.audio import AudioFrontend
+from lstm_serve.domain import AudioFormat, ModelRef
 from lstm_serve.errors import Overloaded, SessionConflict, SessionNotFound, echo
+from lstm_serve.events import KeywordSpotter
 from lstm_serve.metrics import Metrics
+from lstm_serve.state import SessionState, now_ms
+
+OpenMode = Literal["create_or_continue", "continue", "create", "restart"]
+"""How a request opens a session: ``continue`` needs it to exist (NOT_FOUND
+otherwise), ``create`` needs it not to, ``restart`` replaces it with a fresh state,
+``create_or_continue`` is the native API's default."""
 
 
-@dataclass(eq=False)
-class Session:
-    """One session's state."""
-
-    id: str
-    model: ModelRef
-    states: list[np.ndarray]
-    next_sequence_number: int = 0
-    frames: int = 0
-    stream_attached: bool = False
-    """A stream holds the session; nothing else may use it meanwhile."""
-    predict_holds: int = 0
-    """Predict calls holding (or queued on) the session."""
-    last_used: float = field(default_factory=time.monotonic)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    frontend: Any = None
-    """Audio front-end state (decoder, resampler, feature extractor), if any."""
-    spotter: Any = None
-    """Keyword event detector state, if any."""
-    pending: tuple[int, np.ndarray] | None = None
-    """Features the front-end already produced for a chunk whose model step failed,
-    keyed by its sequence number, so that resending that chunk does not feed its audio
-    through the front-end twice."""
-
-    @property
-    def held(self) -> bool:
-        """True while a stream or a Predict call uses the session."""
-        return self.stream_attached or self.predict_holds > 0 or self.lock.locked()
-
-    def touch(self) -> None:
-        """Restart the idle clock."""
-        self.last_used = time.monotonic()
+class StaleState(SessionConflict):
+    """A commit whose expected version is not the stored one: someone else advanced
+    or removed the session meanwhile."""
 
 
 class SessionStore(Protocol):
-    """Where session state lives: the interface a shared store would implement."""
+    """Session states by id."""
 
     ttl_s: float
     max_sessions: int
 
-    def get(self, session_id: str) -> Session | None:
-        """The session, or None."""
+    async def get(self, session_id: str) -> SessionState | None:
+        """The committed state, or None."""
 
-    def put(self, session: Session) -> None:
-        """Insert or replace a session."""
+    async def create(self, state: SessionState) -> SessionState:
+        """Insert a new session (version 1); RESOURCE_EXHAUSTED at the cap,
+        :class:`StaleState` when the id exists."""
 
-    def delete(self, session_id: str, reason: str) -> None:
-        """Remove a session (reason: ended, expired, evicted)."""
+    async def compare_and_set(self, state: SessionState, expected_version: int) -> SessionState:
+        """Replace the session if its stored version is ``expected_version``; return
+        the state as stored (version + 1). :class:`StaleState` otherwise."""
 
-    def expire(self, now: float) -> list[str]:
-        """Remove detached sessions idle past the TTL; return their ids."""
+    async def delete(self, session_id: str, reason: str) -> None:
+        """Remove a session (reason: ended, expired, evicted, restarted)."""
 
-    def __len__(self) -> int:
+    async def expire(self, now_ms: int, held: Callable[[str], bool]) -> list[str]:
+        """Remove sessions idle past the TTL that nobody holds; return their ids."""
+
+    async def count(self) -> int:
         """Live sessions."""
 
-    def was_expired(self, session_id: str) -> bool:
+    async def was_expired(self, session_id: str) -> bool:
         """True when the id belonged to a session that expired recently."""
 
 
+RECENTLY_EXPIRED_KEPT = 10_000
+"""Expired ids remembered, so that a late client hears "expired", not "unknown"."""
+
+
 class InMemorySessionStore:
-    """A process-local store with idle TTL and a cap on live sessions."""
+    """A process-local store with idle TTL (wall clock) and a cap on live sessions."""
 
     def __init__(self, ttl_s: float, max_sessions: int, metrics: Metrics) -> None:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
-        self._sessions: dict[str, Session] = {}
-        self._recently_expired: OrderedDict[str, float] = OrderedDict()
+        self._states: dict[str, SessionState] = {}
+        self._recently_expired: OrderedDict[str, int] = OrderedDict()
         self._metrics = metrics
 
-    def get(self, session_id: str) -> Session | None:
-        """The session, or None."""
-        return self._sessions.get(session_id)
+    async def get(self, session_id: str) -> SessionState | None:
+        """The committed state, or None."""
+        return self._states.get(session_id)
 
-    def put(self, session: Session) -> None:
-        """Insert or replace a session."""
-        self._sessions[session.id] = session
-        self._metrics.sessions_stored.set(len(self._sessions))
+    async def create(self, state: SessionState) -> SessionState:
+        """Insert a new session at version 1."""
+        if state.session_id in self._states:
+            raise StaleState(f"session_id: session '{echo(state.session_id)}' exists already")
+        if len(self._states) >= self.max_sessions:
+            self._metrics.sessions_rejected.labels("cap").inc()
+            raise Overloaded(
+                f"session cap reached: {self.max_sessions} live sessions "
+                "(LSTM_SERVE_SESSIONS__MAX_SESSIONS). End idle sessions (End, or Predict "
+                "with end_session) or retry on another replica."
+            )
+        stored = state.advanced(version=1)
+        self._states[state.session_id] = stored
+        self._metrics.sessions_stored.set(len(self._states))
+        return stored
 
-    def delete(self, session_id: str, reason: str) -> None:
-        """Remove a session (reason: ended, expired, evicted)."""
-        if self._sessions.pop(session_id, None) is not None:
+    async def compare_and_set(self, state: SessionState, expected_version: int) -> SessionState:
+        """Replace the session if its stored version is ``expected_version``."""
+        current = self._states.get(state.session_id)
+        if current is None or current.version != expected_version:
+            found = "gone" if current is None else f"at version {current.version}"
+            raise StaleState(
+                f"session_id: session '{echo(state.session_id)}' changed meanwhile (expected "
+                f"version {expected_version}, {found}); this step was not applied"
+            )
+        stored = state.advanced(version=expected_version + 1)
+        self._states[state.session_id] = stored
+        return stored
+
+    async def delete(self, session_id: str, reason: str) -> None:
+        """Remove a session."""
+        if self._states.pop(session_id, None) is not None:
             self._metrics.sessions_ended.labels(reason).inc()
-            self._metrics.sessions_stored.set(len(self._sessions))
+            self._metrics.sessions_stored.set(len(self._states))
 
-    def expire(self, now: float) -> list[str]:
-        """Remove detached sessions idle past the TTL; return their ids."""
+    async def expire(self, now_ms: int, held: Callable[[str], bool]) -> list[str]:
+        """Remove sessions idle past the TTL that nobody holds."""
+        ttl_ms = self.ttl_s * 1000
         expired = [
-            s.id
-            for s in self._sessions.values()
-            if not s.held and now - s.last_used > self.ttl_s
+            sid for sid, state in self._states.items() if not held(sid) and now_ms - state.updated_ms > ttl_ms
         ]
         for session_id in expired:
-            self.delete(session_id, "expired")
-            self._recently_expired[session_id] = now
-        while len(self._recently_expired) > 10_000:
+            await self.delete(session_id, "expired")
+            self._recently_expired[session_id] = now_ms
+        while len(self._recently_expired) > RECENTLY_EXPIRED_KEPT:
             self._recently_expired.popitem(last=False)
         return expired
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    async def count(self) -> int:
+        """Live sessions."""
+        return len(self._states)
 
-    def was_expired(self, session_id: str) -> bool:
+    async def was_expired(self, session_id: str) -> bool:
         """True when the id belonged to a session that expired recently."""
         return session_id in self._recently_expired
 
-    def evict_all(self) -> None:
-        """Drop every session (shutdown)."""
-        for session_id in list(self._sessions):
-            self.delete(session_id, "evicted")
+
+@dataclass(eq=False)
+class LiveSession:
+    """The process-local handles of a session in use."""
+
+    id: str
+    state: SessionState
+    """The last committed state."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Serializes the session's steps; asyncio's lock wakes waiters in FIFO order."""
+    stream_attached: bool = False
+    predict_holds: int = 0
+    frontend: AudioFrontend | None = None
+    """Hydrated from ``state.frontend``; rebuilt from it when a step fails."""
+    spotter: KeywordSpotter | None = None
+    """Hydrated from ``state.spotter``; rebuilt from it when a step fails."""
+    audio_format: AudioFormat | None = None
+    """The audio format of the stream attached, for a front-end not yet committed."""
+    spot_events: bool = True
+    """Whether the attached stream asked for keyword events."""
+
+    @property
+    def model(self) -> ModelRef:
+        """The model version the session is bound to."""
+        return self.state.model
+
+    @property
+    def held(self) -> bool:
+        """True while a stream or a Predict call uses the session."""
+        return self.stream_attached or self.predict_holds > 0
 
 
-class SessionManager:
-    """Finds, creates, attaches and detaches sessions, enforcing the cap and binding."""
+class SessionRegistry:
+    """Opens, holds and closes sessions against a store."""
 
     def __init__(self, store: SessionStore, metrics: Metrics) -> None:
         self.store = store
+        self._live: dict[str, LiveSession] = {}
         self._metrics = metrics
 
-    def acquire(
+    def held(self, session_id: str) -> bool:
+        """True while this process holds the session."""
+        live = self._live.get(session_id)
+        return live is not None and live.held
+
+    async def open(
         self,
         session_id: str,
-        model: ModelRef,
-        requested_version: str,
-        zero_states: list[np.ndarray],
+        fresh: Callable[[str], SessionState],
         *,
-        must_exist: bool,
+        requested_version: str,
+        mode: OpenMode,
         stream: bool,
-    ) -> tuple[Session, bool]:
-        """Find ``session_id`` (a new id when empty), creating it when allowed.
-
-        A stream holds the session exclusively; Predict calls hold it together and
-        serialize on ``session.lock``. Returns the session and whether it existed
-        before. The caller must call :meth:`release` with the same ``stream`` when done.
-        """
-        session = self.store.get(session_id) if session_id else None
-        if session is None:
-            if must_exist:
+    ) -> tuple[LiveSession, bool]:
+        """Hold ``session_id`` (a new id when empty). ``fresh(id)`` makes the state of
+        a new session. Returns the live session and whether it existed before. The
+        caller must :meth:`close` it with the same ``stream``."""
+        live = self._live.get(session_id) if session_id else None
+        state = live.state if live is not None else (await self.store.get(session_id) if session_id else None)
+        if state is not None and mode == "create":
+            raise SessionConflict(f"session_id: session '{echo(session_id)}' exists already")
+        if state is not None and mode == "restart":
+            if live is not None and live.held:
+                raise self._conflict(live)
+            await self.store.delete(session_id, "restarted")
+            self._live.pop(session_id, None)
+            live, state = None, None
+        if state is None:
+            if mode == "continue":
                 why = (
                     f"expired after {self.store.ttl_s:g} s idle (LSTM_SERVE_SESSIONS__TTL_S)"
-                    if self.store.was_expired(session_id)
+                    if await self.store.was_expired(session_id)
                     else "is unknown"
                 )
-                raise SessionNotFound(f"session_id: session '{echo(session_id)}' {why}")
-            if len(self.store) >= self.store.max_sessions:
-                self._metrics.sessions_rejected.labels("cap").inc()
-                raise Overloaded(
-                    f"session cap reached: {self.store.max_sessions} live sessions "
-                    "(LSTM_SERVE_SESSIONS__MAX_SESSIONS). End idle sessions (End, or Predict "
-                    "with end_session) or retry on another replica."
+                raise SessionNotFound(
+                    f"session_id: session '{echo(session_id)}' {why}; start a new session "
+                    "without must_exist"
                 )
-            session = Session(id=session_id or uuid.uuid4().hex, model=model, states=zero_states)
-            self._hold(session, stream)
-            self.store.put(session)
-            self._metrics.sessions_created.labels(model.name, model.version).inc()
-            return session, False
-        if session.model.name != model.name or (
-            requested_version and requested_version != session.model.version
-        ):
+            new = fresh(session_id or uuid.uuid4().hex)
+            if new.session_id in self._live:
+                raise self._conflict(self._live[new.session_id])
+            stored = await self.store.create(new)
+            live = LiveSession(stored.session_id, stored)
+            self._live[live.id] = live
+            self._hold(live, stream)
+            self._metrics.sessions_created.labels(stored.model.name, stored.model.version).inc()
+            return live, False
+        if live is None:
+            live = self._live.setdefault(session_id, LiveSession(session_id, state))
+        probe = fresh(session_id)
+        if live.model.name != probe.model.name or (requested_version and requested_version != live.model.version):
             self._metrics.sessions_rejected.labels("conflict").inc()
+            self._drop_if_idle(live)
             raise SessionConflict(
-                f"session_id: session '{echo(session.id)}' is bound to model '{session.model.name}' "
-                f"version {session.model.version}, not '{echo(model.name)}'"
+                f"session_id: session '{echo(live.id)}' is bound to model '{live.model.name}' "
+                f"version {live.model.version}, not '{echo(probe.model.name)}'"
                 + (f" version {echo(requested_version)}" if requested_version else "")
             )
-        if session.stream_attached or (stream and session.predict_holds):
-            self._metrics.sessions_rejected.labels("conflict").inc()
-            holder = "attached to another stream" if session.stream_attached else "in use by a Predict call"
-            raise SessionConflict(f"session_id: session '{echo(session.id)}' is {holder}; wait for it to finish")
-        self._hold(session, stream)
-        session.touch()
-        return session, True
+        if live.stream_attached or (stream and live.predict_holds):
+            raise self._conflict(live)
+        self._hold(live, stream)
+        return live, True
 
-    def _hold(self, session: Session, stream: bool) -> None:
+    def _conflict(self, live: LiveSession) -> SessionConflict:
+        self._metrics.sessions_rejected.labels("conflict").inc()
+        holder = "attached to another stream" if live.stream_attached else "in use by a Predict call"
+        return SessionConflict(f"session_id: session '{echo(live.id)}' is {holder}; wait for it to finish")
+
+    def _hold(self, live: LiveSession, stream: bool) -> None:
         if stream:
-            session.stream_attached = True
+            live.stream_attached = True
         else:
-            session.predict_holds += 1
-        self._metrics.sessions_active.labels(session.model.name, session.model.version).inc()
+            live.predict_holds += 1
+        self._metrics.sessions_active.labels(live.model.name, live.model.version).inc()
 
-    def release(self, session: Session, *, stream: bool, delete: bool = False) -> None:
+    def _drop_if_idle(self, live: LiveSession) -> None:
+        if not live.held and self._live.get(live.id) is live:
+            del self._live[live.id]
+
+    async def close(self, live: LiveSession, *, stream: bool, delete: bool = False) -> None:
         """Give up this caller's hold; delete the session when ``delete`` (the client
-        ended it) and nobody else holds it."""
+        ended it) and nobody else holds it. An idle session leaves the process: its
+        committed state stays in the store."""
         if stream:
-            session.stream_attached = False
+            live.stream_attached = False
         else:
-            session.predict_holds -= 1
-        self._metrics.sessions_active.labels(session.model.name, session.model.version).dec()
-        session.touch()
-        if delete and not session.held and self.store.get(session.id) is session:
-            self.store.delete(session.id, "ended")
+            live.predict_holds -= 1
+        self._metrics.sessions_active.labels(live.model.name, live.model.version).dec()
+        if live.held:
+            return
+        current = self._live.get(live.id) is live
+        self._drop_if_idle(live)
+        if delete and current:
+            await self.store.delete(live.id, "ended")
+        elif current:
+            await self._touch(live)
+
+    async def _touch(self, live: LiveSession) -> None:
+        """Restart the idle clock of a session that was only read, not advanced."""
+        stored = await self.store.get(live.id)
+        if stored is not None and stored.version == live.state.version and now_ms() > stored.updated_ms:
+            live.state = await self.store.compare_and_set(stored, stored.version)
+
+    async def evict_all(self) -> None:
+        """Forget the live handles (shutdown); committed states stay in the store."""
+        self._live.clear()

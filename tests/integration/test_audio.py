@@ -13,8 +13,7 @@ from lstm_client import LstmClient, StatusError
 from lstm_serve.features import logmel
 from lstmserve.v1 import inference_pb2 as pb
 from tests.conftest import AUDIO_FRONTEND, FixtureModels
-from tests.harness import ServerHandle, metric_sum, scrape, start_server
-from tests.integration.test_sessions import active_sessions
+from tests.harness import ServerHandle, active_sessions, metric_sum, scrape, start_server
 
 RATE = 16_000
 
@@ -112,7 +111,9 @@ def test_realtime_paced_stream_keeps_up(server: ServerHandle) -> None:
         result = client.stream("audio", chunks, audio=("pcm16", RATE), pace_s=0.1)
         elapsed = time.monotonic() - started
     assert result.final is not None and abs(result.final.audio_seconds - 5.0) < 1e-6
-    assert elapsed < 5.0 + 0.1 + 1.5, elapsed
+    # Paced: the last chunk goes 4.9 s after the first. The upper bound only says the
+    # server kept up, generously for a shared machine; latency is the benchmark's.
+    assert 4.9 <= elapsed < 2 * 5.0 + 5.0, elapsed
 
 
 def test_audio_metrics_move(server: ServerHandle) -> None:
@@ -218,5 +219,12 @@ def test_end_with_keep_session_pauses_and_resumes_exactly(server: ServerHandle) 
         )
     np.testing.assert_allclose(np.concatenate([first.outputs, second.outputs]), whole_outputs, atol=1e-6)
     assert first.frames + second.frames == whole_frames
-    events = [(e.label, round(e.start_s, 4), round(e.end_s, 4), round(e.score, 5)) for e in second.events]
-    assert events == [e for e in whole_events if e[1] >= first.frames / 100 - 1] or events == whole_events
+    first_events, events = (
+        [(e.label, round(e.start_s, 4), round(e.end_s, 4), round(e.score, 5)) for e in part.events]
+        for part in (first, second)
+    )
+    # The cut (0.5 s) falls inside the first keyword: no event completes before it, and the
+    # resumed stream completes every one, exactly as the uninterrupted stream did.
+    assert whole_events and whole_events[0][2] > cut / 2 / RATE
+    assert first_events == []
+    assert events == whole_events

@@ -79,7 +79,9 @@ def test_realtime_demo_prints_events_as_they_come(bundled_server: ServerHandle) 
     assert labels == [k["label"] for k in demo["keywords"]]
     assert lines[-1].startswith(f"{len(labels)} event(s)")
     elapsed = float(lines[-1].split(" in ")[-1].rstrip("s").strip())
-    assert elapsed <= demo["seconds"] + 0.1 + 1.0
+    # Paced at 100 ms chunks: the last one goes one chunk before the audio's end. The
+    # upper bound is generous for a shared machine; latency is the benchmark's.
+    assert demo["seconds"] - 0.1 - 0.01 <= elapsed <= 2 * demo["seconds"] + 5.0, elapsed
 
 
 def test_unsupported_wav_is_refused(bundled_server: ServerHandle, tmp_path: Path) -> None:

@@ -10,10 +10,7 @@ import pytest
 
 from lstm_client import LstmClient, StatusError
 from lstmserve.v1 import inference_pb2 as pb
-from tests.conftest import FEATURE_DIM
-from tests.harness import ServerHandle, wait_until
-from tests.integration.test_predict_stream import frames
-from tests.integration.test_sessions import active_sessions
+from tests.harness import FEATURE_DIM, ServerHandle, active_sessions, frames, wait_until
 
 
 def _stream_error(client: LstmClient, send: Callable[[object], None], timeout: float | None = None) -> StatusError:

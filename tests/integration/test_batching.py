@@ -11,8 +11,7 @@ import pytest
 
 from lstm_client import LstmClient
 from tests.conftest import FixtureModels
-from tests.harness import ServerHandle, metric_sum, scrape, start_server
-from tests.integration.test_predict_stream import frames
+from tests.harness import ServerHandle, frames, metric_sum, scrape, start_server
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,13 @@ STREAMABLE_FEATURE_MODELS = [
 
 def test_the_bundled_models_are_there() -> None:
     assert {p.parent.name for p in PACKAGES} >= BUNDLED
+    for package in PACKAGES:
+        manifest = load_manifest(package)
+        assert (manifest.name, manifest.version) == (package.parent.name, package.name), package
+        assert (package / "model.onnx").stat().st_size > 0, package
+    # test_streamed_equals_whole below runs for these (an empty list would pass silently)
+    assert {p.parent.name for p in STREAMABLE_FEATURE_MODELS} >= {"har", "har-gru"}
+    assert {load_manifest(p).input_kind for p in PACKAGES if p.parent.name == "kws"} == {"audio"}
 
 
 def test_every_bundled_package_is_ready(bundled_server: ServerHandle) -> None:

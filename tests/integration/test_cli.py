@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.conftest import FEATURE_DIM
-from tests.harness import ServerHandle
-from tests.integration.test_predict_stream import frames
+from tests.harness import FEATURE_DIM, REPO, ServerHandle, frames
 
 CLIENT = str(Path(sys.executable).parent / "lstm-client")
 
@@ -37,7 +36,13 @@ def test_models_and_metadata(server: ServerHandle) -> None:
     assert by_name["lstm"]["input_kind"] == "features" and by_name["lstm"]["feature_dim"] == FEATURE_DIM
     meta = run_json(server, "metadata", "bilstm")
     assert meta["head"] == "sequence" and meta["labels"] == ["a", "b", "c", "d"] and not meta["streamable"]
-    assert "usage" in run(server, "--help").stdout
+    help_run = run(server, "--help")
+    assert help_run.returncode == 0 and help_run.stdout.startswith("usage: lstm-client")
+    listed = re.findall(r"^ {4}(\w+) ", help_run.stdout, re.MULTILINE)
+    assert listed == ["health", "models", "metadata", "predict", "stream", "bench"]
+    # every file an example names is in the repository
+    named = [word for word in help_run.stdout.split() if word.startswith("demo/")]
+    assert named and all((REPO / path).is_file() for path in named), named
 
 
 def test_predict_single_batch_and_npz(server: ServerHandle, tmp_path: Path) -> None:

@@ -20,8 +20,7 @@ from lstm_client import LstmClient, StatusError
 from lstm_client.client import StreamProtocolError
 from lstmserve.v1 import inference_pb2 as pb
 from lstmserve.v1 import inference_pb2_grpc as pb_grpc
-from tests.harness import REPO, ServerHandle
-from tests.integration.test_predict_stream import frames
+from tests.harness import REPO, ServerHandle, frames
 
 CLIENT = str(Path(sys.executable).parent / "lstm-client")
 ATOL = 1e-5

@@ -15,8 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from lstm_client import StatusError
 from tests.conftest import FixtureModels
-from tests.harness import ServerHandle, metric_sum, scrape, start_server, wait_until
-from tests.integration.test_predict_stream import frames
+from tests.harness import ServerHandle, frames, metric_sum, scrape, start_server, wait_until
 
 
 def test_health_per_model_and_broken_package_reported(server: ServerHandle) -> None:
@@ -69,8 +68,11 @@ def test_metrics_present_and_moving(server: ServerHandle) -> None:
     assert moved("lstm_serve_errors_total", method="Predict", code="NOT_FOUND")
     assert metric_sum(after, "lstm_serve_model_ready", model="broken") == 0
     assert metric_sum(after, "lstm_serve_model_ready", model="lstm") == 1
-    assert "lstm_serve_sessions_active" in " ".join(after)
-    assert any(k.startswith("lstm_serve_model_providers_info") for k in after)
+    # The stream's session was counted while attached and is not once it ended.
+    active = 'lstm_serve_sessions_active{model="lstm",version="1"}'
+    assert active in after and 0 <= after[active] <= before.get(active, 0.0)
+    assert metric_sum(after, "lstm_serve_model_providers_info", model="lstm", providers="CPUExecutionProvider") == 1
+    assert metric_sum(after, "lstm_serve_model_providers_info", model="broken") == 0
 
 
 def test_graceful_shutdown_drains(fixture_models: FixtureModels) -> None:
@@ -106,3 +108,4 @@ def test_cli_serve_help_teaches() -> None:
         [str(Path(sys.executable).parent / "lstm-serve"), "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "LSTM_SERVE_SESSIONS__TTL_S" in out and "examples:" in out
+    assert "--port-file PATH" in out

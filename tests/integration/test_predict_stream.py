@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from lstm_train.model import RecurrentNet
-from tests.conftest import FEATURE_DIM, FixtureModels
-from tests.harness import ServerHandle
-
-ATOL = 1e-5
+from tests.conftest import FixtureModels
+from tests.harness import ATOL, ServerHandle, frames
 
 
 def reference(net: RecurrentNet, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -20,11 +18,6 @@ def reference(net: RecurrentNet, x: np.ndarray) -> tuple[np.ndarray, list[np.nda
     with torch.no_grad():
         out, *states = net(torch.from_numpy(x[np.newaxis]), *net.zero_states(1))
     return out[0].numpy(), [s.numpy() for s in states]
-
-
-def frames(seed: int, length: int) -> np.ndarray:
-    """Random feature frames."""
-    return np.random.default_rng(seed).standard_normal((length, FEATURE_DIM)).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])

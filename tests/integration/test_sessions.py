@@ -7,13 +7,7 @@ import pytest
 
 from lstm_client import StatusError
 from tests.conftest import FixtureModels
-from tests.harness import ServerHandle, metric_sum, scrape, start_server, wait_until
-from tests.integration.test_predict_stream import ATOL, frames
-
-
-def active_sessions(server: ServerHandle) -> float:
-    """The active-sessions gauge, summed over models."""
-    return metric_sum(scrape(server.metrics_url), "lstm_serve_sessions_active")
+from tests.harness import ATOL, ServerHandle, active_sessions, frames, metric_sum, scrape, start_server, wait_until
 
 
 def test_resume_after_disconnect_continues_exactly(server: ServerHandle) -> None:

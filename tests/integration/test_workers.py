@@ -10,8 +10,7 @@ import numpy as np
 
 from lstm_client import LstmClient
 from tests.conftest import FixtureModels
-from tests.harness import metric_sum, scrape, start_server
-from tests.integration.test_predict_stream import ATOL, frames
+from tests.harness import ATOL, frames, metric_sum, scrape, start_server
 
 
 def test_two_workers_serve_exactly_and_aggregate_metrics(fixture_models: FixtureModels) -> None:

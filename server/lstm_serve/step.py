@@ -1,0 +1,153 @@
+"""The session step: one chunk for one session, the same for every API.
+
+sequence check -> audio front-end -> batcher -> keyword spotter -> commit.
+
+The step reads the session's committed :class:`~lstm_serve.state.SessionState`,
+computes the next one and commits it to the store with compare-and-set on its version.
+It never changes the state in place and never calls back up into a use case. The
+front-end's DSP and the spotter run off the event loop, like onnxruntime. When any
+part fails, nothing is committed and the live front-end objects are rebuilt from the
+committed state, so a resend of the same chunk is processed exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstm_serve.audio import AudioFrontend
+from lstm_serve.batching import Batcher
+from lstm_serve.errors import PreconditionFailed
+from lstm_serve.events import Event, KeywordSpotter
+from lstm_serve.manifest import LogMelFrontend, Manifest
+from lstm_serve.sessions import LiveSession, SessionStore
+from lstm_serve.state import SessionState
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step produced."""
+
+    frame_offset: int
+    """The session frame of the first output row."""
+    frames: int
+    outputs: np.ndarray | None
+    """``[frames, dim]`` rows (one row for a sequence head), or None for no frames."""
+    events: list[Event] = field(default_factory=list)
+    duplicate: bool = False
+
+
+def hydrate(live: LiveSession, manifest: Manifest) -> None:
+    """Build the live front-end and spotter from the committed state (fresh ones for
+    a session that has none yet). Builds filters: call it off the event loop."""
+    state = live.state
+    live.frontend = None
+    live.spotter = None
+    if isinstance(manifest.frontend, LogMelFrontend):
+        if state.frontend is not None:
+            live.frontend = AudioFrontend.restore(manifest.frontend, state.frontend)
+        elif live.audio_format is not None:
+            live.frontend = AudioFrontend(manifest.frontend, live.audio_format)
+    post = manifest.output.postprocess
+    if post is not None and live.spot_events:
+        labels, rate = manifest.output.labels, manifest.input.frame_rate_hz
+        live.spotter = (
+            KeywordSpotter.restore(post, labels, rate, state.spotter)
+            if state.spotter is not None
+            else KeywordSpotter(post, labels, rate)
+        )
+
+
+class SessionStep:
+    """Runs steps of the sessions of one model version."""
+
+    def __init__(self, manifest: Manifest, batcher: Batcher, store: SessionStore) -> None:
+        self.manifest = manifest
+        self._batcher = batcher
+        self._store = store
+
+    def _rows(self, output: np.ndarray) -> np.ndarray:
+        return output if self.manifest.output.head == "per_frame" else output[np.newaxis]
+
+    async def run(
+        self,
+        live: LiveSession,
+        *,
+        sequence_number: int | None,
+        features: np.ndarray | None = None,
+        audio: bytes | None = None,
+    ) -> StepOutput:
+        """Apply one chunk (feature frames ``[T, F]`` or audio bytes). With a
+        ``sequence_number``, a repeat of an applied one is answered as a duplicate and a
+        gap is refused; None (stateful Predict) applies the chunk as the next."""
+        async with live.lock:
+            state = live.state
+            if sequence_number is not None:
+                expected = state.next_sequence_number
+                if sequence_number < expected:
+                    return StepOutput(state.frame_offset, 0, None, duplicate=True)
+                if sequence_number > expected:
+                    raise PreconditionFailed(
+                        f"chunk.sequence_number: expected {expected}, got {sequence_number}; the "
+                        f"session is unchanged, resume from {expected}"
+                    )
+            try:
+                if audio is not None:
+                    assert live.frontend is not None
+                    frames = await asyncio.to_thread(live.frontend.accept, audio)
+                else:
+                    assert features is not None
+                    frames = features
+                return await self._advance(live, state, frames, sequence_number is not None)
+            except BaseException:
+                hydrate(live, self.manifest)
+                raise
+
+    async def flush(self, live: LiveSession) -> StepOutput:
+        """End of stream: run the audio still buffered and close open detections."""
+        async with live.lock:
+            state = live.state
+            try:
+                frames = (
+                    await asyncio.to_thread(live.frontend.flush)
+                    if live.frontend is not None
+                    else np.zeros((0, self.manifest.input.feature_dim), np.float32)
+                )
+                return await self._advance(live, state, frames, False, flush=True)
+            except BaseException:
+                hydrate(live, self.manifest)
+                raise
+
+    async def _advance(
+        self, live: LiveSession, state: SessionState, frames: np.ndarray, numbered: bool, flush: bool = False
+    ) -> StepOutput:
+        outputs: np.ndarray | None = None
+        new_states = state.states
+        if frames.shape[0]:
+            output, states = await self._batcher.submit(frames, list(state.states))
+            outputs, new_states = self._rows(output), tuple(states)
+        events: list[Event] = []
+        spotter = live.spotter
+        if spotter is not None and (outputs is not None or flush):
+            events = await asyncio.to_thread(_spot, spotter, outputs, flush)
+        finals = tuple(e for e in events if e.is_final)
+        committed = await self._store.compare_and_set(
+            state.advanced(
+                states=new_states,
+                next_sequence_number=state.next_sequence_number + (1 if numbered else 0),
+                frame_offset=state.frame_offset + int(frames.shape[0]),
+                frontend=live.frontend.snapshot() if live.frontend is not None else state.frontend,
+                spotter=spotter.snapshot() if spotter is not None else state.spotter,
+                final_events=state.final_events + finals,
+            ),
+            state.version,
+        )
+        live.state = committed
+        return StepOutput(state.frame_offset, int(frames.shape[0]), outputs, events)
+
+
+def _spot(spotter: KeywordSpotter, outputs: np.ndarray | None, flush: bool) -> list[Event]:
+    events = spotter.update(outputs) if outputs is not None and len(outputs) else []
+    return events + spotter.flush() if flush else events
