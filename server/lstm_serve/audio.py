@@ -1,7 +1,7 @@
 """The server's audio front-end for one stream: decode, resample, extract features.
 
 It chains :class:`lstm_serve.features.PcmDecoder`, an optional
-:class:`lstm_serve.features.StreamingResampler` and
+:class:`lstm_serve.resampling.StreamingResampler` and
 :class:`lstm_serve.features.StreamingLogMel`, which carry their leftovers between
 chunks, so any chunking of the same audio (including odd byte splits of PCM16) gives
 the same feature frames.
@@ -29,7 +29,7 @@ from lstm_serve.manifest import LogMelFrontend
 MAX_SAMPLE_RATE_HZ = 192_000
 MAX_RATE_ERROR = 1e-4
 """Largest relative error of the resampling ratio accepted (any rate up to 192 kHz into
-16 kHz is within 3e-5; see :class:`lstm_serve.features.StreamingResampler`)."""
+16 kHz is within 3e-5; see :class:`lstm_serve.resampling.StreamingResampler`)."""
 BYTES_PER_SAMPLE = {"pcm16": 2, "float32": 4}
 
 
@@ -53,8 +53,8 @@ def check_audio_format(fmt: AudioFormat | None) -> AudioFormat:
 
 
 @dataclass(frozen=True)
-class FrontendState:
-    """An :class:`AudioFrontend` between two chunks."""
+class AudioPipelineState:
+    """An :class:`AudioPipeline` between two chunks."""
 
     format: AudioFormat
     decoder: DecoderState
@@ -62,7 +62,7 @@ class FrontendState:
     logmel: LogMelState
 
 
-class AudioFrontend:
+class AudioPipeline:
     """Streaming bytes-to-features for one session."""
 
     def __init__(self, frontend: LogMelFrontend, fmt: AudioFormat) -> None:
@@ -83,9 +83,9 @@ class AudioFrontend:
         self._logmel = StreamingLogMel(frontend)
         self.bytes_per_second = BYTES_PER_SAMPLE[fmt.encoding] * fmt.sample_rate_hz
 
-    def snapshot(self) -> FrontendState:
+    def snapshot(self) -> AudioPipelineState:
         """The decoder's, resampler's and log-mel framer's state, as a value."""
-        return FrontendState(
+        return AudioPipelineState(
             self.format,
             self._decoder.snapshot(),
             self._resampler.snapshot() if self._resampler is not None else None,
@@ -93,7 +93,7 @@ class AudioFrontend:
         )
 
     @classmethod
-    def restore(cls, frontend: LogMelFrontend, state: FrontendState) -> AudioFrontend:
+    def restore(cls, frontend: LogMelFrontend, state: AudioPipelineState) -> AudioPipeline:
         """A front-end that continues exactly where ``state`` was taken."""
         restored = cls(frontend, state.format)
         restored._decoder = PcmDecoder.restore(state.decoder)

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_serve import stacking
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import Draining, Overloaded
 from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelRepository
-from lstm_serve.runtime import STATE_BATCH_AXIS, ModelRuntime
+from lstm_serve.runtime import ModelRuntime
 from lstm_serve.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
@@ -214,29 +215,17 @@ class Batcher:
                     if not step.future.done():
                         step.future.set_exception(exc)
                 continue
-            if len(group) == 1:
-                if not group[0].future.done():
-                    group[0].future.set_result((outputs, states))
-                continue
             offset = 0
-            for step in group:
+            for step, own in zip(group, stacking.split(states, [s.rows for s in group]), strict=True):
                 end = offset + step.rows
                 if not step.future.done():
-                    # A copy, so that an idle session does not keep its whole batch alive.
-                    own = [s[:, offset:end].copy() for s in states]
-                    step.future.set_result((outputs[offset:end], own))
+                    step.future.set_result((outputs[offset:end] if len(group) > 1 else outputs, own))
                 offset = end
 
     def _run_group(self, group: list[_Step]) -> StepResult:
         """Stack, run and time one same-length group (on the executor thread)."""
-        if len(group) == 1:
-            x, states = group[0].x, group[0].states
-        else:
-            x = np.concatenate([s.x for s in group])
-            states = [
-                np.concatenate([s.states[k] for s in group], axis=STATE_BATCH_AXIS)
-                for k in range(len(group[0].states))
-            ]
+        x = group[0].x if len(group) == 1 else np.concatenate([s.x for s in group])
+        states = stacking.stack([s.states for s in group])
         started = time.perf_counter()
         outputs, new_states = self.runtime.run(x, states)
         self._compute.observe(time.perf_counter() - started)

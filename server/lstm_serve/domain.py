@@ -1,6 +1,6 @@
 """Transport-free request and result types.
 
-The transport layer (:mod:`lstm_serve.transport.convert`) turns protobuf messages into
+Each API's converter (e.g. :mod:`lstm_serve.transport.lstmserve_v1.convert`) turns protobuf messages into
 these and back; everything below it works on these types and numpy arrays only.
 """
 
@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from lstm_serve.events import Event
+from lstm_serve.manifest import Manifest
 
 InputKind = Literal["features", "audio"]
 AudioEncoding = Literal["pcm16", "float32"]
@@ -23,6 +24,22 @@ class ModelRef:
 
     name: str
     version: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a client may know of one model version: a value, with no runtime handle."""
+
+    name: str
+    version: str
+    ready: bool
+    error: str
+    manifest: Manifest | None
+    """None when the package's manifest did not load."""
+    providers: tuple[str, ...]
+    """The execution providers in use (empty when not ready)."""
+    versions: tuple[str, ...]
+    """Every version of the model, oldest first."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import itertools
 
 import numpy as np
 
+from lstm_serve import stacking
 from lstm_serve.admission import Admission
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import PredictInput, PredictOutput
@@ -147,14 +148,13 @@ class PredictUseCase:
             for rows in pending:
                 frames = int(lengths[rows[0]])
                 out, new_states = await batcher.submit_rows(
-                    request.features[rows, :frames], [s[:, rows] for s in states]
+                    request.features[rows, :frames], stacking.take(states, rows)
                 )
                 if per_frame:
                     outputs[rows, :frames] = out
                 else:
                     outputs[rows] = out
-                for target, new in zip(final, new_states, strict=True):
-                    target[:, rows] = new
+                stacking.put(final, rows, new_states)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(PREDICT_RUNS_IN_FLIGHT, len(runs))):

@@ -1,7 +1,7 @@
 """A stateless onnxruntime wrapper for one model version.
 
 The runtime holds no per-session data: callers pass the recurrent states in and get
-the new states back (stacked along the batch axis, axis 1), so many sessions can share
+the new states back (stacked along :data:`lstm_serve.stacking.STATE_BATCH_AXIS`), so many sessions can share
 one call. It is only ever called from the batcher's executor thread, never from the
 event loop.
 """
@@ -16,11 +16,10 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
+from lstm_serve import stacking
 from lstm_serve.manifest import MODEL_FILE, Manifest, check_against_graph
 
 log = logging.getLogger(__name__)
-
-STATE_BATCH_AXIS = 1
 
 MemoryArena = Literal["shrink", "on", "off"]
 
@@ -66,9 +65,7 @@ class ModelRuntime:
 
     def zero_states(self, batch: int = 1) -> list[np.ndarray]:
         """Zero states for ``batch`` sequences, in manifest order."""
-        return [
-            np.zeros((s.layers, batch, s.hidden), dtype=np.float32) for s in self.manifest.states
-        ]
+        return stacking.zeros([(s.layers, s.hidden) for s in self.manifest.states], batch)
 
     def run(
         self, x: np.ndarray, states: list[np.ndarray]

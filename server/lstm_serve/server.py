@@ -20,19 +20,23 @@ from grpc_reflection.v1alpha import reflection
 
 from lstm_serve import __version__
 from lstm_serve.batching import build_batchers
+from lstm_serve.facade import DomainFacade
 from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
 from lstm_serve.providers import choose_providers
 from lstm_serve.repository import ModelRepository
-from lstm_serve.service import InferenceService
 from lstm_serve.sessions import InMemorySessionStore
 from lstm_serve.settings import Settings
+from lstm_serve.transport import lstmserve_v1
+from lstm_serve.transport.api import ApiService
 from lstm_serve.transport.interceptor import ErrorInterceptor
-from lstm_serve.transport.servicer import SERVICE_NAME, add_inference_service
 
 log = logging.getLogger(__name__)
 
 FINAL_SEND_GRACE_S = 1.0
 """After the drain, how long grpc may take to send the last responses."""
+
+APIS: tuple[ApiService, ...] = (lstmserve_v1.API,)
+"""Every API served on the gRPC port, over the same domain."""
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -49,7 +53,7 @@ class LstmServer:
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._metrics_endpoint: MetricsEndpoint | None = None
-        self.service: InferenceService | None = None
+        self.domain: DomainFacade | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -77,21 +81,23 @@ class LstmServer:
         store = InMemorySessionStore(s.sessions.ttl_s, s.sessions.max_sessions, self.metrics)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         batchers = build_batchers(repository, executor, self.metrics, s.batching)
-        self.service = InferenceService(
+        self.domain = DomainFacade(
             repository, s, self.metrics, store=store, executor=executor, batchers=batchers
         )
-        await self.service.start()
+        await self.domain.start()
         options = [
             ("grpc.max_receive_message_length", s.server.max_message_bytes),
             ("grpc.max_send_message_length", max(s.server.max_message_bytes, 64 * 1024 * 1024)),
             # Workers share the port; a lone server must own it, so a second one fails fast.
             ("grpc.so_reuseport", 1 if s.server.workers > 1 else 0),
         ]
-        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics)], options=options)
-        add_inference_service(self.service, server)
+        names = [api.name for api in APIS]
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics, names)], options=options)
+        for api in APIS:
+            api.register(self.domain, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
         self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
@@ -115,21 +121,22 @@ class LstmServer:
         for entry in repository:
             for health_name in entry.health_names:
                 await self._health.set(health_name, SERVING if entry.ready else NOT_SERVING)
-        await self._health.set(SERVICE_NAME, SERVING)
+        for api in APIS:
+            await self._health.set(api.name, SERVING)
         await self._health.set("", SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: NOT_SERVING, refuse new work, let in-flight work finish."""
-        if self._server is None or self.service is None:
+        if self._server is None or self.domain is None:
             return
         grace = self.settings.server.grace_period_s if grace is None else grace
         log.info("draining: health NOT_SERVING, new calls refused, grace period %.1f s", grace)
         await self._health.enter_graceful_shutdown()
-        self.service.begin_drain()
-        if not await self.service.wait_idle(grace):
+        self.domain.begin_drain()
+        if not await self.domain.wait_idle(grace):
             log.warning("grace period over with calls still in flight; cancelling them")
         await self._server.stop(FINAL_SEND_GRACE_S)
-        await self.service.close()
+        await self.domain.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
         self._server = None

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from lstm_serve.audio import AudioFrontend
+from lstm_serve.audio import AudioPipeline
 from lstm_serve.domain import AudioFormat, ModelRef
 from lstm_serve.errors import Overloaded, SessionConflict, SessionNotFound, echo
 from lstm_serve.events import KeywordSpotter
@@ -158,8 +158,8 @@ class LiveSession:
     """Serializes the session's steps; asyncio's lock wakes waiters in FIFO order."""
     stream_attached: bool = False
     predict_holds: int = 0
-    frontend: AudioFrontend | None = None
-    """Hydrated from ``state.frontend``; rebuilt from it when a step fails."""
+    audio: AudioPipeline | None = None
+    """Hydrated from ``state.audio``; rebuilt from it when a step fails."""
     spotter: KeywordSpotter | None = None
     """Hydrated from ``state.spotter``; rebuilt from it when a step fails."""
     audio_format: AudioFormat | None = None

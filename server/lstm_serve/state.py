@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_serve.audio import FrontendState
+from lstm_serve.audio import AudioPipelineState
 from lstm_serve.domain import ModelRef
 from lstm_serve.events import Event, SpotterState
 
@@ -54,7 +54,7 @@ class SessionState:
     next_sequence_number: int = 0
     frame_offset: int = 0
     """Frames processed so far."""
-    frontend: FrontendState | None = None
+    audio: AudioPipelineState | None = None
     """The audio front-end (decoder, resampler, log-mel framer) of an audio session."""
     spotter: SpotterState | None = None
     """The keyword event detector, when events are on."""

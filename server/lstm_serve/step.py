@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lstm_serve.audio import AudioFrontend
+from lstm_serve.audio import AudioPipeline
 from lstm_serve.batching import Batcher
 from lstm_serve.errors import PreconditionFailed
 from lstm_serve.events import Event, KeywordSpotter
@@ -43,13 +43,13 @@ def hydrate(live: LiveSession, manifest: Manifest) -> None:
     """Build the live front-end and spotter from the committed state (fresh ones for
     a session that has none yet). Builds filters: call it off the event loop."""
     state = live.state
-    live.frontend = None
+    live.audio = None
     live.spotter = None
     if isinstance(manifest.frontend, LogMelFrontend):
-        if state.frontend is not None:
-            live.frontend = AudioFrontend.restore(manifest.frontend, state.frontend)
+        if state.audio is not None:
+            live.audio = AudioPipeline.restore(manifest.frontend, state.audio)
         elif live.audio_format is not None:
-            live.frontend = AudioFrontend(manifest.frontend, live.audio_format)
+            live.audio = AudioPipeline(manifest.frontend, live.audio_format)
     post = manifest.output.postprocess
     if post is not None and live.spot_events:
         labels, rate = manifest.output.labels, manifest.input.frame_rate_hz
@@ -95,8 +95,8 @@ class SessionStep:
                     )
             try:
                 if audio is not None:
-                    assert live.frontend is not None
-                    frames = await asyncio.to_thread(live.frontend.accept, audio)
+                    assert live.audio is not None
+                    frames = await asyncio.to_thread(live.audio.accept, audio)
                 else:
                     assert features is not None
                     frames = features
@@ -111,8 +111,8 @@ class SessionStep:
             state = live.state
             try:
                 frames = (
-                    await asyncio.to_thread(live.frontend.flush)
-                    if live.frontend is not None
+                    await asyncio.to_thread(live.audio.flush)
+                    if live.audio is not None
                     else np.zeros((0, self.manifest.input.feature_dim), np.float32)
                 )
                 return await self._advance(live, state, frames, False, flush=True)
@@ -138,7 +138,7 @@ class SessionStep:
                 states=new_states,
                 next_sequence_number=state.next_sequence_number + (1 if numbered else 0),
                 frame_offset=state.frame_offset + int(frames.shape[0]),
-                frontend=live.frontend.snapshot() if live.frontend is not None else state.frontend,
+                audio=live.audio.snapshot() if live.audio is not None else state.audio,
                 spotter=spotter.snapshot() if spotter is not None else state.spotter,
                 final_events=state.final_events + finals,
             ),

@@ -105,7 +105,7 @@ class StreamUseCase:
             mode="continue" if config.must_exist else "create_or_continue", stream=True,
         )
         try:
-            committed = live.state.frontend
+            committed = live.state.audio
             if audio_format is not None and committed is not None and committed.format != audio_format:
                 raise PreconditionFailed(
                     f"config.audio: session '{echo(live.id)}' was started with {committed.format}; "
@@ -177,8 +177,8 @@ class _Stream:
             raise InvalidInput(f"chunk.features: model '{manifest.name}' takes audio; send chunk.audio bytes")
         if not audio:
             raise InvalidInput("chunk.audio: empty; send at least one sample")
-        assert self._live.frontend is not None
-        seconds = self._live.frontend.seconds(audio)
+        assert self._live.audio is not None
+        seconds = self._live.audio.seconds(audio)
         if seconds > self._max_chunk_s:
             raise Overloaded(
                 f"chunk.audio: {seconds * 1000:.0f} ms exceeds the limit of "
@@ -203,7 +203,7 @@ class _Stream:
             return ChunkResult(chunk.sequence_number, live.state.frame_offset, 0, duplicate=True)
         started = time.perf_counter()
         seconds = 0.0
-        if self._live.frontend is not None:
+        if self._live.audio is not None:
             seconds = self._admit_audio(chunk.audio)
             out = await step.run(live, sequence_number=chunk.sequence_number, audio=chunk.audio)
             self._audio_seconds += seconds
@@ -244,7 +244,7 @@ class _Stream:
         """
         live = self._live
         replies: list[ChunkResult | StreamFinal] = []
-        if not keep_session and (live.frontend is not None or live.spotter is not None):
+        if not keep_session and (live.audio is not None or live.spotter is not None):
             out = await self._lane.step.flush(live)
             if out.frames or out.events:
                 replies.append(self._result(live.state.next_sequence_number, out, flush=True))

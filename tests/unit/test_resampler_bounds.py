@@ -12,8 +12,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lstm_serve import features
-from lstm_serve.features import (
+from lstm_serve import resampling
+from lstm_serve.resampling import (
     FILTER_CACHE_BYTES,
     MAX_RATIO_TERM,
     StreamingResampler,
@@ -28,7 +28,7 @@ MAX_TAPS = 2 * 16 * MAX_RATIO_TERM + 1
 
 @pytest.fixture
 def cold_cache() -> None:
-    features._FILTER_CACHE.clear()
+    resampling._FILTER_CACHE.clear()
 
 
 def test_an_odd_top_rate_builds_a_small_filter(cold_cache: None) -> None:
@@ -56,7 +56,7 @@ def test_odd_rates_stay_within_the_documented_error_and_size(rate: int) -> None:
 def test_every_declarable_rate_meets_the_documented_error() -> None:
     worst = 0.0
     for rate in range(1, 192_001):
-        up, down = features._approximate_ratio(16000, rate)
+        up, down = resampling._approximate_ratio(16000, rate)
         assert max(up, down) <= MAX_RATIO_TERM
         worst = max(worst, abs(float(Fraction(up * rate, down * 16000) - 1)))
     assert worst < DOCUMENTED_MAX_RATE_ERROR
@@ -102,21 +102,21 @@ def test_rates_too_far_apart_are_clamped_not_unbounded() -> None:
 def test_the_cache_stays_under_its_byte_cap(cold_cache: None) -> None:
     # odd rates whose rounded ratio has a term near MAX_RATIO_TERM: 2-4 MiB filters each
     rates = [rate for rate in range(18001, 30000, 2)
-             if max(features._approximate_ratio(16000, rate)) > MAX_RATIO_TERM // 2][:40]
+             if max(resampling._approximate_ratio(16000, rate)) > MAX_RATIO_TERM // 2][:40]
     assert len(rates) == 40
     built = 0
     for rate in rates:
         built += StreamingResampler(rate, 16000).filter_bytes
-        assert features._FILTER_CACHE.total_bytes <= FILTER_CACHE_BYTES
+        assert resampling._FILTER_CACHE.total_bytes <= FILTER_CACHE_BYTES
     assert built > 1.5 * FILTER_CACHE_BYTES  # the cap, not the rates, bounded the cache
-    assert len(features._FILTER_CACHE) > 0
-    entries = features._FILTER_CACHE._entries.values()
-    assert sum(bank.nbytes for bank in entries) == features._FILTER_CACHE.total_bytes
+    assert len(resampling._FILTER_CACHE) > 0
+    entries = resampling._FILTER_CACHE._entries.values()
+    assert sum(bank.nbytes for bank in entries) == resampling._FILTER_CACHE.total_bytes
 
 
 def test_the_cache_evicts_least_recently_used_and_skips_oversized_filters() -> None:
     # with one zero crossing, (1, d) is a single phase of 2*d + 1 taps: 40, 56, 72 bytes
-    cache = features._FilterCache(max_bytes=120)
+    cache = resampling._FilterCache(max_bytes=120)
     a = cache.get(1, 2, 1)
     b = cache.get(1, 3, 1)
     assert (a.nbytes, b.nbytes, cache.total_bytes) == (40, 56, 96)
@@ -127,13 +127,13 @@ def test_the_cache_evicts_least_recently_used_and_skips_oversized_filters() -> N
     assert cache.get(1, 3, 1) is not b
     assert cache.total_bytes <= cache.max_bytes
     assert not a.flags.writeable
-    tiny = features._FilterCache(max_bytes=30)
+    tiny = resampling._FilterCache(max_bytes=30)
     assert tiny.get(1, 2, 1).nbytes == 40
     assert len(tiny) == 0 and tiny.total_bytes == 0
 
 
 def test_the_cache_is_consistent_under_concurrent_builds() -> None:
-    cache = features._FilterCache(max_bytes=6 * 2**20)
+    cache = resampling._FilterCache(max_bytes=6 * 2**20)
     keys = [(up, down, 16) for up, down in [(1, 12), (160, 441), (2047, 16377), (1, 3), (399, 4399)]]
     errors: list[BaseException] = []
 

@@ -109,17 +109,35 @@ def test_failed_step_commits_nothing_and_rebuilds_the_front_end_from_the_committ
             with pytest.raises(Exception, match="shutting down"):
                 await lane.step.run(live, sequence_number=1, audio=pcm)
             assert (await store.get("s")) is committed and live.state is committed
-            assert live.frontend is not None
+            assert live.audio is not None
             assert _same_frontend(live, committed)
 
     asyncio.run(scenario())
 
 
 def _same_frontend(live: LiveSession, committed: object) -> bool:
-    assert live.frontend is not None
-    now, then = live.frontend.snapshot(), committed.frontend  # type: ignore[attr-defined]
+    assert live.audio is not None
+    now, then = live.audio.snapshot(), committed.audio  # type: ignore[attr-defined]
     return bool(
         now.decoder == then.decoder
         and np.array_equal(now.logmel.buffered, then.logmel.buffered)
         and now.logmel.frames == then.logmel.frames
     )
+
+
+def test_concurrent_steps_of_one_session_run_in_arrival_order() -> None:
+    async def scenario() -> list[int]:
+        store = InMemorySessionStore(60.0, 10, Metrics())
+        with ThreadPoolExecutor(1) as executor:
+            lane = _lane("har", executor, store)
+            live = LiveSession("s", await store.create(lane.fresh_state("s")))
+            chunks = [np.full((i + 1, 6), i, np.float32) for i in range(12)]
+            # Every task awaits the lock at once; the FIFO lock must serve them in the
+            # order they arrived, so each sees the frames of all earlier ones.
+            tasks = [asyncio.create_task(lane.step.run(live, sequence_number=None, features=c)) for c in chunks]
+            outs = await asyncio.gather(*tasks)
+            await lane.batcher.close()
+        return [o.frame_offset for o in outs]
+
+    offsets = asyncio.run(scenario())
+    assert offsets == [i * (i + 1) // 2 for i in range(12)]

@@ -11,38 +11,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from lstm_serve import errors
 from lstm_serve.metrics import Metrics
+from lstm_serve.transport.status import status_for
 
 log = logging.getLogger(__name__)
-
-STATUS_OF: dict[type[errors.ServeError], grpc.StatusCode] = {
-    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.SessionNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.ModelNotReady: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SessionConflict: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Draining: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-SERVICE_PREFIX = "/lstmserve.v1.Inference/"
-
-
-def status_of(exc: errors.ServeError) -> grpc.StatusCode:
-    """The status code for a domain error."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return grpc.StatusCode.INTERNAL
-
 
 class _Outcome:
     """The status an RPC ended with, filled in as it fails."""
@@ -51,12 +29,10 @@ class _Outcome:
         self.code = grpc.StatusCode.OK
 
     async def abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        if isinstance(exc, errors.ServeError):
-            self.code = status_of(exc)
-            await context.abort(self.code, str(exc))
-        self.code = grpc.StatusCode.INTERNAL
-        log.exception("unhandled error", exc_info=exc)
-        await context.abort(self.code, "internal error; see the server log")
+        self.code, message = status_for(exc)
+        if self.code is grpc.StatusCode.INTERNAL:
+            log.exception("unhandled error", exc_info=exc)
+        await context.abort(self.code, message)
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
         remaining = context.time_remaining()
@@ -108,10 +84,11 @@ async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps domain errors to status codes for every service on the server, answers
     undecodable requests with INVALID_ARGUMENT, and records the latency and errors of
-    the Inference service's RPCs."""
+    the RPCs of ``metered`` services (by full service name)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, metered: Sequence[str]) -> None:
         self._metrics = metrics
+        self._prefixes = tuple(f"/{name}/" for name in metered)
 
     def _record(self, method: str | None, started: float, code: grpc.StatusCode) -> None:
         if method is None:
@@ -146,7 +123,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         full_method: str = handler_call_details.method
-        method = full_method.removeprefix(SERVICE_PREFIX) if full_method.startswith(SERVICE_PREFIX) else None
+        method = next(
+            (full_method.removeprefix(p) for p in self._prefixes if full_method.startswith(p)), None
+        )
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

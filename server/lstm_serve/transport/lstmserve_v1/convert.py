@@ -1,14 +1,13 @@
-"""The one converter between protobuf messages and domain types.
+"""The converter between ``lstmserve.v1`` messages and domain types.
 
-Nothing else in the server imports the ``*_pb2`` modules. Tensor decoding checks the
-declared shape against the byte length and never trusts the client.
+Only this package's converter and servicer touch the ``lstmserve.v1`` messages;
+tensors go through :mod:`lstm_serve.transport.tensors`, which checks the declared
+shape against the byte length and never trusts the client.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 
@@ -16,6 +15,7 @@ from lstm_serve.domain import (
     AudioFormat,
     Chunk,
     ChunkResult,
+    ModelInfo,
     ModelRef,
     PredictInput,
     PredictOutput,
@@ -29,61 +29,14 @@ from lstm_serve.domain import (
 from lstm_serve.errors import InvalidInput, check_id, echo
 from lstm_serve.events import Event
 from lstm_serve.manifest import LogMelFrontend
-from lstm_serve.repository import ModelEntry
+from lstm_serve.transport.tensors import known_enum, to_array, to_tensor
 from lstmserve.v1 import inference_pb2 as pb
 
-FLOAT32 = np.dtype("<f4")
 _HEADS = {"per_frame": pb.HEAD_KIND_PER_FRAME, "sequence": pb.HEAD_KIND_SEQUENCE}
 _TASKS = {"classification": pb.TASK_KIND_CLASSIFICATION, "regression": pb.TASK_KIND_REGRESSION}
 _INPUT_KINDS = {"features": pb.INPUT_KIND_FEATURES, "audio": pb.INPUT_KIND_AUDIO}
 _INPUT_KINDS_BACK = {v: k for k, v in _INPUT_KINDS.items()}
 _ENCODINGS = {pb.AUDIO_ENCODING_PCM16: "pcm16", pb.AUDIO_ENCODING_FLOAT32: "float32"}
-
-
-def _known_enum(enum: Any, value: int, field: str) -> int:
-    """Refuse an enum value the proto does not define (proto3 keeps unknown ints)."""
-    if value not in enum.values():
-        raise InvalidInput(
-            f"{field}: unknown value {value}; expected one of {', '.join(enum.keys())}"
-        )
-    return value
-
-
-def to_array(tensor: pb.Tensor, field: str, ranks: tuple[int, ...]) -> np.ndarray:
-    """Decode a Tensor into a read-only float32 array, never trusting the client.
-
-    The checks run before anything iterates or allocates, in this order: dtype, rank,
-    the sign of each dimension, zero size, then element count against byte length.
-    """
-    dtype = _known_enum(pb.DataType, tensor.dtype, f"{field}.dtype")
-    if dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
-        raise InvalidInput(f"{field}.dtype: only FLOAT32 is supported")
-    rank = len(tensor.shape)
-    if rank not in ranks:
-        expected = " or ".join(str(r) for r in ranks)
-        raise InvalidInput(
-            f"{field}.shape: rank {rank} {echo(list(tensor.shape[:8]))}; expected rank {expected}"
-        )
-    shape = list(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape: negative dimension in {echo(shape)}")
-    if 0 in shape:
-        raise InvalidInput(
-            f"{field}.shape: zero-size (empty) tensor {echo(shape)}; every dimension must be at least 1"
-        )
-    count = math.prod(shape)
-    if count * FLOAT32.itemsize != len(tensor.data):
-        raise InvalidInput(
-            f"{field}: shape {echo(shape)} needs {echo(count * FLOAT32.itemsize)} bytes of float32, got "
-            f"{len(tensor.data)} bytes"
-        )
-    return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
-
-
-def to_tensor(array: np.ndarray) -> pb.Tensor:
-    """Encode an array as a packed little-endian float32 Tensor."""
-    data = np.ascontiguousarray(array, dtype=FLOAT32)
-    return pb.Tensor(shape=data.shape, dtype=pb.DATA_TYPE_FLOAT32, data=data.tobytes())
 
 
 def model_ref(ref: pb.ModelRef) -> ModelRef:
@@ -97,12 +50,12 @@ def _ref_pb(ref: ModelRef) -> pb.ModelRef:
     return pb.ModelRef(name=ref.name, version=ref.version)
 
 
-def model_metadata(entry: ModelEntry, versions: list[str]) -> pb.ModelMetadata:
+def model_metadata(info: ModelInfo) -> pb.ModelMetadata:
     """Metadata of one model version, ready or not."""
     meta = pb.ModelMetadata(
-        name=entry.name, version=entry.version, ready=entry.ready, error=entry.error, versions=versions
+        name=info.name, version=info.version, ready=info.ready, error=info.error, versions=info.versions
     )
-    manifest = entry.manifest
+    manifest = info.manifest
     if manifest is None:
         return meta
     meta.input_kind = _INPUT_KINDS[manifest.input_kind]
@@ -117,8 +70,7 @@ def model_metadata(entry: ModelEntry, versions: list[str]) -> pb.ModelMetadata:
     meta.states.extend(
         pb.StateSpec(name=s.name, layers=s.layers, hidden=s.hidden) for s in manifest.states
     )
-    if entry.runtime is not None:
-        meta.providers.extend(entry.runtime.providers)
+    meta.providers.extend(info.providers)
     if isinstance(manifest.frontend, LogMelFrontend):
         f = manifest.frontend
         meta.audio.CopyFrom(
@@ -184,10 +136,10 @@ def predict_response(result: PredictOutput) -> pb.PredictResponse:
 
 
 def _stream_config(config: pb.StreamConfig) -> StreamConfig:
-    _known_enum(pb.InputKind, config.input_kind, "config.input_kind")
+    known_enum(pb.InputKind, config.input_kind, "config.input_kind")
     audio = None
     if config.HasField("audio"):
-        _known_enum(pb.AudioEncoding, config.audio.encoding, "config.audio.encoding")
+        known_enum(pb.AudioEncoding, config.audio.encoding, "config.audio.encoding")
         encoding = _ENCODINGS.get(config.audio.encoding)
         if encoding is None:
             raise InvalidInput(
@@ -277,6 +229,6 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
     )
 
 
-def list_models_response(entries: list[tuple[ModelEntry, list[str]]]) -> pb.ListModelsResponse:
+def list_models_response(infos: list[ModelInfo]) -> pb.ListModelsResponse:
     """Every model version's metadata."""
-    return pb.ListModelsResponse(models=[model_metadata(e, v) for e, v in entries])
+    return pb.ListModelsResponse(models=[model_metadata(info) for info in infos])

@@ -1,4 +1,4 @@
-"""The inference service: the thin facade the servicers call, free of gRPC.
+"""The domain facade: the thin layer every API's servicer calls, free of gRPC.
 
 It holds the use cases (:mod:`lstm_serve.predict`, :mod:`lstm_serve.streaming`), the
 model queries and the lifecycle (session reaper, drain, close). Its collaborators are
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lstm_serve.admission import Admission
 from lstm_serve.batching import Batcher
-from lstm_serve.domain import ModelRef, PredictInput, PredictOutput, StreamMessage, StreamReply
+from lstm_serve.domain import ModelInfo, ModelRef, PredictInput, PredictOutput, StreamMessage, StreamReply
 from lstm_serve.lanes import Lanes
 from lstm_serve.metrics import Metrics
 from lstm_serve.predict import PredictUseCase
@@ -28,7 +28,7 @@ from lstm_serve.streaming import StreamUseCase
 log = logging.getLogger(__name__)
 
 
-class InferenceService:
+class DomainFacade:
     """Domain operations behind every API."""
 
     def __init__(
@@ -93,14 +93,24 @@ class InferenceService:
                 log.info("expired %d idle session(s)", len(expired))
 
     # ---- models --------------------------------------------------------------------
-    def list_models(self) -> list[tuple[ModelEntry, list[str]]]:
-        """Every model version, ready or not, with all versions of its model."""
-        return [(entry, self.repository.versions(entry.name)) for entry in self.repository]
+    def _info(self, entry: ModelEntry) -> ModelInfo:
+        return ModelInfo(
+            name=entry.name,
+            version=entry.version,
+            ready=entry.ready,
+            error=entry.error,
+            manifest=entry.manifest,
+            providers=tuple(entry.runtime.providers) if entry.runtime is not None else (),
+            versions=tuple(self.repository.versions(entry.name)),
+        )
 
-    def model(self, ref: ModelRef) -> tuple[ModelEntry, list[str]]:
-        """One model version (ready or not) and all versions of its model; NOT_FOUND when unknown."""
-        entry = self.repository.find(ref.name, ref.version)
-        return entry, self.repository.versions(entry.name)
+    def list_models(self) -> list[ModelInfo]:
+        """Every model version, ready or not."""
+        return [self._info(entry) for entry in self.repository]
+
+    def model(self, ref: ModelRef) -> ModelInfo:
+        """One model version, ready or not; NOT_FOUND when unknown."""
+        return self._info(self.repository.find(ref.name, ref.version))
 
     # ---- inference -----------------------------------------------------------------
     async def predict(self, request: PredictInput) -> PredictOutput:

@@ -1,0 +1,32 @@
+"""The one mapping from domain errors to gRPC status codes: a pure function, used by
+the interceptor for every service and by any servicer for in-band stream errors."""
+
+from __future__ import annotations
+
+import grpc
+
+from lstm_serve import errors
+
+STATUS_OF: dict[type[errors.ServeError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.SessionNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.SessionConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Draining: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client gets for ``exc``. Anything that is not a
+    domain error is INTERNAL, with a message that reveals nothing of the server."""
+    if isinstance(exc, errors.ServeError):
+        for cls in type(exc).__mro__:
+            if cls in STATUS_OF:
+                return STATUS_OF[cls], str(exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
