@@ -115,6 +115,8 @@ class PredictResult:
     states: dict[str, np.ndarray] = field(default_factory=dict)
     session_id: str = ""
     frame_offset: int = 0
+    resume_token: bytes = b""
+    """The session after this call, sealed (with ``return_token``)."""
 
 
 @dataclass
@@ -127,6 +129,16 @@ class StreamResult:
     started: pb.Started
     results: list[pb.Result] = field(default_factory=list)
     final: pb.Final | None = None
+
+    @property
+    def resume_token(self) -> bytes:
+        """The newest token the server sent (``final``, a result, or ``started``)."""
+        if self.final is not None and self.final.resume_token:
+            return bytes(self.final.resume_token)
+        for result in reversed(self.results):
+            if result.resume_token:
+                return bytes(result.resume_token)
+        return bytes(self.started.resume_token)
 
     @property
     def frame_offset(self) -> int:
@@ -311,12 +323,16 @@ class LstmClient:
         end_session: bool = False,
         return_state: bool = False,
         initial_states: dict[str, np.ndarray] | None = None,
+        resume_token: bytes = b"",
+        return_token: bool = False,
         timeout: float | None = None,
     ) -> PredictResult:
         """Predict one sequence (``[T, F]`` array) or a batch (``[N, T, F]`` or a list).
 
         A list of arrays of different lengths is padded and sent with per-sequence
-        lengths. Outputs come back one per sequence, cut to its length.
+        lengths. Outputs come back one per sequence, cut to its length. A
+        ``resume_token`` continues the session it seals, on any replica with the same
+        token keys; ``return_token`` asks for the session's next token.
         """
         request = pb.PredictRequest(
             model=pb.ModelRef(name=name, version=version),
@@ -324,6 +340,8 @@ class LstmClient:
             must_exist=must_exist,
             end_session=end_session,
             return_state=return_state,
+            resume_token=resume_token,
+            return_token=return_token,
         )
         if isinstance(sequences, np.ndarray):
             request.features.CopyFrom(to_tensor(sequences))
@@ -350,6 +368,7 @@ class LstmClient:
             states={s.name: to_array(s.tensor) for s in response.states},
             session_id=response.session_id,
             frame_offset=response.frame_offset,
+            resume_token=response.resume_token,
         )
 
     def open_stream(self, timeout: float | None = None) -> StreamCall:
@@ -369,6 +388,8 @@ class LstmClient:
         keep_session: bool = False,
         return_state: bool = False,
         first_sequence_number: int | None = None,
+        resume_token: bytes = b"",
+        token_every: int = 0,
         pace_s: float = 0.0,
         on_response: Any = None,
         timeout: float | None = None,
@@ -378,7 +399,9 @@ class LstmClient:
         ``audio`` is ``(encoding, sample_rate_hz)`` for audio streams. ``pace_s`` > 0
         waits that long between chunks (real-time pacing) while responses are
         received concurrently; ``on_response`` is called with each response as it
-        arrives.
+        arrives. ``resume_token`` resumes the session it seals (on any replica with
+        the same token keys); ``token_every`` > 0 asks for a token in ``started`` and
+        every N-th result (:attr:`StreamResult.resume_token` is the newest).
 
         No chunk is sent before the server's ``started`` arrives; chunks are then
         numbered from ``started.next_sequence_number``, so resuming a session
@@ -396,7 +419,8 @@ class LstmClient:
         instead of silently losing that chunk's rows.
         """
         config = pb.StreamConfig(
-            model=pb.ModelRef(name=name, version=version), session_id=session_id, must_exist=must_exist
+            model=pb.ModelRef(name=name, version=version), session_id=session_id, must_exist=must_exist,
+            resume_token=resume_token, token_every=token_every,
         )
         if audio is not None:
             config.input_kind = pb.INPUT_KIND_AUDIO

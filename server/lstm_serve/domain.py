@@ -61,6 +61,8 @@ class PredictInput:
     end_session: bool = False
     return_state: bool = False
     initial_states: dict[str, np.ndarray] = field(default_factory=dict)
+    resume_token: bytes = b""
+    return_token: bool = False
 
     @property
     def batch(self) -> int:
@@ -84,6 +86,7 @@ class PredictOutput:
     states: dict[str, np.ndarray] = field(default_factory=dict)
     session_id: str = ""
     frame_offset: int = 0
+    resume_token: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class StreamConfig:
     frame_outputs: bool | None = None
     events: bool | None = None
     return_state: bool = False
+    resume_token: bytes = b""
+    token_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class StreamStarted:
     next_sequence_number: int
     frame_offset: int
     resumed: bool
+    resume_token: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ class ChunkResult:
     events: list[Event] = field(default_factory=list)
     duplicate: bool = False
     flush: bool = False
+    resume_token: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ class StreamFinal:
     events: list[Event] = field(default_factory=list)
     states: dict[str, np.ndarray] = field(default_factory=dict)
     audio_seconds: float = 0.0
+    resume_token: bytes = b""
 
 
 @dataclass(frozen=True)

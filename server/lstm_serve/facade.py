@@ -20,6 +20,7 @@ from lstm_serve.lanes import Lanes
 from lstm_serve.metrics import Metrics
 from lstm_serve.predict import PredictUseCase
 from lstm_serve.repository import ModelEntry, ModelRepository
+from lstm_serve.resume import ResumeTokens
 from lstm_serve.sessions import SessionRegistry, SessionStore
 from lstm_serve.settings import Settings
 from lstm_serve.state import now_ms
@@ -40,6 +41,7 @@ class DomainFacade:
         store: SessionStore,
         executor: ThreadPoolExecutor,
         batchers: dict[ModelRef, Batcher],
+        tokens: ResumeTokens,
     ) -> None:
         self.repository = repository
         self.settings = settings
@@ -50,8 +52,8 @@ class DomainFacade:
         self._executor = executor
         self._batchers = batchers
         lanes = Lanes(repository, batchers, store)
-        self._predict = PredictUseCase(lanes, self.sessions, self.admission, settings.sessions)
-        self._stream = StreamUseCase(lanes, self.sessions, self.admission, settings, metrics)
+        self._predict = PredictUseCase(lanes, self.sessions, self.admission, tokens, settings.sessions)
+        self._stream = StreamUseCase(lanes, self.sessions, self.admission, tokens, settings, metrics)
         self._reaper: asyncio.Task[None] | None = None
 
     @property

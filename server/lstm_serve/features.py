@@ -157,7 +157,7 @@ def mel_filterbank(frontend: LogMelFrontend) -> np.ndarray:
     )
 
 
-def _window_hop(frontend: LogMelFrontend) -> tuple[int, int]:
+def window_hop(frontend: LogMelFrontend) -> tuple[int, int]:
     win = round(frontend.window_ms * frontend.sample_rate_hz / 1000)
     hop = round(frontend.hop_ms * frontend.sample_rate_hz / 1000)
     if win <= 0 or hop <= 0:
@@ -169,7 +169,7 @@ def _window_hop(frontend: LogMelFrontend) -> tuple[int, int]:
 
 def frame_count(n_samples: int, frontend: LogMelFrontend, *, flushed: bool = True) -> int:
     """Frames produced by ``n_samples`` samples, before or after the final flush."""
-    win, hop = _window_hop(frontend)
+    win, hop = window_hop(frontend)
     if flushed:
         return -(-n_samples // hop) if n_samples > 0 else 0
     return 0 if n_samples < win else (n_samples - win) // hop + 1
@@ -196,7 +196,7 @@ class StreamingLogMel:
 
     def __init__(self, frontend: LogMelFrontend) -> None:
         self.frontend = frontend
-        self.win, self.hop = _window_hop(frontend)
+        self.win, self.hop = window_hop(frontend)
         self._window = (0.5 - 0.5 * np.cos(2 * math.pi * np.arange(self.win) / self.win))
         self._fb = mel_filterbank(frontend)
         self._pre = float(frontend.preemphasis)

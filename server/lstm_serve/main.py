@@ -27,6 +27,7 @@ from lstm_serve.metrics import multiprocess_registry, serve_metrics
 from lstm_serve.providers import ProviderError
 from lstm_serve.server import LstmServer
 from lstm_serve.settings import Settings
+from lstm_serve.tokens import KeyFileError, load_keys, write_key_file
 
 DESCRIPTION = """\
 Serve recurrent sequence models (LSTM, GRU) over gRPC with per-session state.
@@ -42,6 +43,7 @@ examples:
   lstm-serve --workers 2                       # two processes share the port
   LSTM_SERVE_SESSIONS__TTL_S=60 lstm-serve     # expire idle sessions after a minute
   lstm-serve --print-settings                  # the effective settings as JSON
+  lstm-serve keygen keys.json && lstm-serve --token-keys keys.json   # resume tokens on
   lstm-serve --port 0 --metrics-port 0 --port-file ports.json   # any free ports; read them back
 """
 
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle seconds before a detached session expires [LSTM_SERVE_SESSIONS__TTL_S, default 300]",
     )
     p.add_argument("--max-sessions", type=int, help="session cap [LSTM_SERVE_SESSIONS__MAX_SESSIONS, default 10000]")
+    p.add_argument(
+        "--token-keys",
+        metavar="FILE",
+        help="resume-token key file; `lstm-serve keygen FILE` writes one "
+        "[LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE, default: tokens off]",
+    )
     p.add_argument("--grace", type=float, help="drain grace, seconds [LSTM_SERVE_SERVER__GRACE_PERIOD_S, default 10]")
     p.add_argument("--log-level", help="[LSTM_SERVE_SERVER__LOG_LEVEL, default INFO]")
     p.add_argument(
@@ -108,6 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("batching", "max_delay_ms"): args.max_delay_ms,
         ("sessions", "ttl_s"): args.session_ttl,
         ("sessions", "max_sessions"): args.max_sessions,
+        ("sessions", "token_keys_file"): args.token_keys,
     }
     for (group, field), value in overrides.items():
         if value is not None:
@@ -248,8 +257,31 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def keygen(argv: list[str]) -> int:
+    """``lstm-serve keygen FILE``: write a new resume-token key file."""
+    p = argparse.ArgumentParser(
+        prog="lstm-serve keygen",
+        description="Write a new resume-token key file with one random 256-bit key (mode 0600). To rotate, "
+        "put the new key first in the serving file and keep the old one until its tokens have expired "
+        "(LSTM_SERVE_SESSIONS__TOKEN_TTL_S).",
+    )
+    p.add_argument("file", help="where to write the key file (must not exist)")
+    p.add_argument("--key-id", default="k1", help="the key's id, carried in every token it seals [default k1]")
+    args = p.parse_args(argv)
+    try:
+        write_key_file(Path(args.file), args.key_id)
+    except OSError as exc:
+        print(f"lstm-serve keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.file} (key id {args.key_id})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lstm-serve`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        return keygen(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
@@ -259,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_settings:
         print(json.dumps(settings.model_dump(), indent=2))
         return 0
+    if settings.sessions.token_keys_file:
+        try:
+            load_keys(Path(settings.sessions.token_keys_file))
+        except KeyFileError as exc:
+            print(f"lstm-serve: {exc}", file=sys.stderr)
+            return 2
     _configure_logging(settings)
     if settings.server.workers > 1:
         return run_workers(settings, args.port_file)

@@ -15,6 +15,7 @@ from lstm_serve.domain import PredictInput, PredictOutput
 from lstm_serve.errors import InvalidInput, Overloaded, PreconditionFailed, echo
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.manifest import Manifest
+from lstm_serve.resume import ResumeTokens
 from lstm_serve.runtime import ModelRuntime
 from lstm_serve.sessions import SessionRegistry
 from lstm_serve.settings import SessionSettings
@@ -81,8 +82,16 @@ def check_rows(request: PredictInput, manifest: Manifest, max_frames: int) -> No
 class PredictUseCase:
     """Runs Predict calls."""
 
-    def __init__(self, lanes: Lanes, sessions: SessionRegistry, admission: Admission, limits: SessionSettings) -> None:
+    def __init__(
+        self,
+        lanes: Lanes,
+        sessions: SessionRegistry,
+        admission: Admission,
+        tokens: ResumeTokens,
+        limits: SessionSettings,
+    ) -> None:
         self._lanes = lanes
+        self._tokens = tokens
         self._sessions = sessions
         self._admission = admission
         self._limits = limits
@@ -109,8 +118,10 @@ class PredictUseCase:
                 "(LSTM_SERVE_SESSIONS__MAX_PREDICT_FRAMES); split the batch"
             )
         check_rows(request, manifest, limits.max_chunk_frames)
-        if request.session_id:
+        if request.session_id or request.resume_token:
             return await self._predict_session(request, lane)
+        if request.return_token:
+            raise InvalidInput("return_token: needs session_id or resume_token; a stateless call has no session")
         states = self._initial_states(request, runtime)
         if batch == 1:
             outputs, final = await batcher.submit_rows(
@@ -201,13 +212,18 @@ class PredictUseCase:
                 "whole sequences only, without sessions"
             )
         frames = request.features[0, : int(request.lengths[0])]
+        restore = self._tokens.resume(request.resume_token, request.session_id, lane)
+        if request.return_token:
+            self._tokens.require("return_token")
         live, _ = await self._sessions.open(
-            request.session_id, lane.fresh_state, requested_version=request.model.version,
-            mode="continue" if request.must_exist else "create_or_continue", stream=False,
+            restore.session_id if restore is not None else request.session_id, lane.fresh_state,
+            requested_version=request.model.version,
+            mode="continue" if request.must_exist else "create_or_continue", stream=False, restore=restore,
         )
         try:
             out = await lane.step.run(live, sequence_number=None, features=frames)
             states = live.state.states
+            token = self._tokens.seal(live.state, lane) if request.return_token else b""
         finally:
             await self._sessions.close(live, stream=False, delete=request.end_session)
         final_states = (
@@ -218,5 +234,5 @@ class PredictUseCase:
         lengths = [out.frames] if manifest.output.head == "per_frame" else [1]
         return PredictOutput(
             lane.ref, manifest.output.head, outputs, lengths, request.batched, final_states, live.id,
-            out.frame_offset,
+            out.frame_offset, token,
         )

@@ -24,8 +24,10 @@ from lstm_serve.facade import DomainFacade
 from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
 from lstm_serve.providers import choose_providers
 from lstm_serve.repository import ModelRepository
+from lstm_serve.resume import ResumeTokens
 from lstm_serve.sessions import InMemorySessionStore
 from lstm_serve.settings import Settings
+from lstm_serve.tokens import TokenSealer, load_keys
 from lstm_serve.transport import lstmserve_v1
 from lstm_serve.transport.api import ApiService
 from lstm_serve.transport.interceptor import ErrorInterceptor
@@ -81,8 +83,15 @@ class LstmServer:
         store = InMemorySessionStore(s.sessions.ttl_s, s.sessions.max_sessions, self.metrics)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         batchers = build_batchers(repository, executor, self.metrics, s.batching)
+        sealer = None
+        if s.sessions.token_keys_file:
+            sealer = TokenSealer(load_keys(Path(s.sessions.token_keys_file)), s.sessions.max_token_bytes)
+            log.info("resume tokens on (keys from %s)", s.sessions.token_keys_file)
+        else:
+            log.info("resume tokens off: no LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE (--token-keys)")
+        tokens = ResumeTokens(sealer, s.sessions.token_ttl_s)
         self.domain = DomainFacade(
-            repository, s, self.metrics, store=store, executor=executor, batchers=batchers
+            repository, s, self.metrics, store=store, executor=executor, batchers=batchers, tokens=tokens
         )
         await self.domain.start()
         options = [

@@ -59,6 +59,10 @@ class SessionStore(Protocol):
         """Replace the session if its stored version is ``expected_version``; return
         the state as stored (version + 1). :class:`StaleState` otherwise."""
 
+    async def put(self, state: SessionState) -> SessionState:
+        """Insert or replace a session with a state restored from a token (the
+        store's version moves past any it held); RESOURCE_EXHAUSTED at the cap."""
+
     async def delete(self, session_id: str, reason: str) -> None:
         """Remove a session (reason: ended, expired, evicted, restarted)."""
 
@@ -94,6 +98,24 @@ class InMemorySessionStore:
         """Insert a new session at version 1."""
         if state.session_id in self._states:
             raise StaleState(f"session_id: session '{echo(state.session_id)}' exists already")
+        self._check_cap()
+        stored = state.advanced(version=1)
+        self._states[state.session_id] = stored
+        self._metrics.sessions_stored.set(len(self._states))
+        return stored
+
+    async def put(self, state: SessionState) -> SessionState:
+        """Insert or replace a session with a restored state."""
+        current = self._states.get(state.session_id)
+        if current is None:
+            self._check_cap()
+        version = max(state.version, current.version if current is not None else 0) + 1
+        stored = state.advanced(version=version)
+        self._states[state.session_id] = stored
+        self._metrics.sessions_stored.set(len(self._states))
+        return stored
+
+    def _check_cap(self) -> None:
         if len(self._states) >= self.max_sessions:
             self._metrics.sessions_rejected.labels("cap").inc()
             raise Overloaded(
@@ -101,10 +123,6 @@ class InMemorySessionStore:
                 "(LSTM_SERVE_SESSIONS__MAX_SESSIONS). End idle sessions (End, or Predict "
                 "with end_session) or retry on another replica."
             )
-        stored = state.advanced(version=1)
-        self._states[state.session_id] = stored
-        self._metrics.sessions_stored.set(len(self._states))
-        return stored
 
     async def compare_and_set(self, state: SessionState, expected_version: int) -> SessionState:
         """Replace the session if its stored version is ``expected_version``."""
@@ -199,10 +217,16 @@ class SessionRegistry:
         requested_version: str,
         mode: OpenMode,
         stream: bool,
+        restore: SessionState | None = None,
     ) -> tuple[LiveSession, bool]:
         """Hold ``session_id`` (a new id when empty). ``fresh(id)`` makes the state of
-        a new session. Returns the live session and whether it existed before. The
-        caller must :meth:`close` it with the same ``stream``."""
+        a new session; ``restore``, a state opened from a resume token, replaces any
+        copy that is not held (a token is a checkpoint: resuming from an older one is
+        allowed, but a session in use is never taken over). Returns the live session
+        and whether it existed before. The caller must :meth:`close` it with the same
+        ``stream``."""
+        if restore is not None:
+            return await self._restore(restore, stream), True
         live = self._live.get(session_id) if session_id else None
         state = live.state if live is not None else (await self.store.get(session_id) if session_id else None)
         if state is not None and mode == "create":
@@ -248,6 +272,17 @@ class SessionRegistry:
             raise self._conflict(live)
         self._hold(live, stream)
         return live, True
+
+    async def _restore(self, state: SessionState, stream: bool) -> LiveSession:
+        live = self._live.get(state.session_id)
+        if live is not None and live.held:
+            raise self._conflict(live)
+        stored = await self.store.put(state)
+        live = LiveSession(stored.session_id, stored)
+        self._live[live.id] = live
+        self._hold(live, stream)
+        self._metrics.sessions_created.labels(stored.model.name, stored.model.version).inc()
+        return live
 
     def _conflict(self, live: LiveSession) -> SessionConflict:
         self._metrics.sessions_rejected.labels("conflict").inc()

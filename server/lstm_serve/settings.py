@@ -71,6 +71,16 @@ class SessionSettings(BaseModel):
     """Largest number of feature frames in one stream chunk or one Predict sequence
     row; larger ones get RESOURCE_EXHAUSTED."""
 
+    token_keys_file: str = ""
+    """JSON key file for resume tokens (``lstm-serve keygen FILE`` writes one). The
+    first key seals, every key opens. Empty: tokens are off."""
+
+    token_ttl_s: float = Field(86_400.0, gt=0)
+    """How long a resume token stays valid after it was issued."""
+
+    max_token_bytes: int = Field(65_536, ge=256)
+    """Largest resume token accepted; larger ones get INVALID_ARGUMENT."""
+
     max_predict_frames: int = Field(1_048_576, ge=1)
     """Most work one Predict call may ask for: batch x max_frames (padded) frames;
     more gets RESOURCE_EXHAUSTED. The default admits every request that fits a 4 MiB

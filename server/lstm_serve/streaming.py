@@ -24,6 +24,7 @@ from lstm_serve.events import Event
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.metrics import Metrics
 from lstm_serve.predict import check_frames
+from lstm_serve.resume import ResumeTokens
 from lstm_serve.sessions import LiveSession, SessionRegistry
 from lstm_serve.settings import Settings
 from lstm_serve.step import StepOutput, hydrate
@@ -36,9 +37,16 @@ class StreamUseCase:
     """Runs StreamPredict streams."""
 
     def __init__(
-        self, lanes: Lanes, sessions: SessionRegistry, admission: Admission, settings: Settings, metrics: Metrics
+        self,
+        lanes: Lanes,
+        sessions: SessionRegistry,
+        admission: Admission,
+        tokens: ResumeTokens,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self._lanes = lanes
+        self._tokens = tokens
         self._sessions = sessions
         self._admission = admission
         self._settings = settings
@@ -100,9 +108,13 @@ class StreamUseCase:
                 f"config.input_kind: model '{manifest.name}' takes {manifest.input_kind}, not {kind}"
             )
         audio_format = check_audio_format(config.audio) if kind == "audio" else None
+        restore = self._tokens.resume(config.resume_token, config.session_id, lane, "config.")
+        if config.token_every:
+            self._tokens.require("config.token_every")
         live, resumed = await self._sessions.open(
-            config.session_id, lane.fresh_state, requested_version=config.model.version,
-            mode="continue" if config.must_exist else "create_or_continue", stream=True,
+            restore.session_id if restore is not None else config.session_id, lane.fresh_state,
+            requested_version=config.model.version,
+            mode="continue" if config.must_exist else "create_or_continue", stream=True, restore=restore,
         )
         try:
             committed = live.state.audio
@@ -115,7 +127,7 @@ class StreamUseCase:
             live.spot_events = config.events is None or config.events
             # Restoring a front-end designs its resampling filter: not on the loop.
             await asyncio.to_thread(hydrate, live, manifest)
-            return _Stream(self._sessions, live, resumed, config, lane, self._settings, self._metrics)
+            return _Stream(self._sessions, self._tokens, live, resumed, config, lane, self._settings, self._metrics)
         except BaseException:
             await self._sessions.close(live, stream=True)
             raise
@@ -127,6 +139,7 @@ class _Stream:
     def __init__(
         self,
         sessions: SessionRegistry,
+        tokens: ResumeTokens,
         live: LiveSession,
         resumed: bool,
         config: StreamConfig,
@@ -135,6 +148,8 @@ class _Stream:
         metrics: Metrics,
     ) -> None:
         self._sessions = sessions
+        self._tokens = tokens
+        self._token_every = config.token_every
         self._live = live
         self._lane = lane
         self._manifest = manifest = lane.manifest
@@ -162,6 +177,7 @@ class _Stream:
             next_sequence_number=state.next_sequence_number,
             frame_offset=state.frame_offset,
             resumed=resumed,
+            resume_token=tokens.seal(state, lane, "config.token_every") if config.token_every else b"",
         )
 
     async def close(self) -> None:
@@ -219,12 +235,16 @@ class _Stream:
             return ChunkResult(chunk.sequence_number, out.frame_offset, 0, duplicate=True)
         self._chunks += 1
         self._observe(arrived, started, seconds)
-        return self._result(chunk.sequence_number, out)
+        due = self._token_every > 0 and self._chunks % self._token_every == 0
+        return self._result(chunk.sequence_number, out, token=due)
 
-    def _result(self, sequence_number: int, out: StepOutput, flush: bool = False) -> ChunkResult:
+    def _result(self, sequence_number: int, out: StepOutput, flush: bool = False, token: bool = False) -> ChunkResult:
         self._events.extend(e for e in out.events if e.is_final)
         outputs = out.outputs if self._frame_outputs else None
-        return ChunkResult(sequence_number, out.frame_offset, out.frames, outputs, out.events, flush=flush)
+        sealed = self._tokens.seal(self._live.state, self._lane) if token else b""
+        return ChunkResult(
+            sequence_number, out.frame_offset, out.frames, outputs, out.events, flush=flush, resume_token=sealed
+        )
 
     def _observe(self, arrived: float, started: float, seconds: float) -> None:
         now = time.perf_counter()
@@ -254,8 +274,9 @@ class _Stream:
             if self._return_state
             else {}
         )
+        sealed = self._tokens.seal(state, self._lane) if keep_session and self._tokens.enabled else b""
         final = StreamFinal(
-            live.id, state.frame_offset, self._chunks, list(self._events), states, self._audio_seconds
+            live.id, state.frame_offset, self._chunks, list(self._events), states, self._audio_seconds, sealed
         )
         self._ended = True
         await self._sessions.close(live, stream=True, delete=not keep_session)

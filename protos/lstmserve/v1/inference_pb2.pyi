@@ -166,7 +166,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "features", "lengths", "session_id", "must_exist", "end_session", "return_state", "initial_states")
+    __slots__ = ("model", "features", "lengths", "session_id", "must_exist", "end_session", "return_state", "initial_states", "resume_token", "return_token")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,8 @@ class PredictRequest(_message.Message):
     END_SESSION_FIELD_NUMBER: _ClassVar[int]
     RETURN_STATE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_STATES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     features: Tensor
     lengths: _containers.RepeatedScalarFieldContainer[int]
@@ -183,23 +185,27 @@ class PredictRequest(_message.Message):
     end_session: bool
     return_state: bool
     initial_states: _containers.RepeatedCompositeFieldContainer[NamedTensor]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., must_exist: _Optional[bool] = ..., end_session: _Optional[bool] = ..., return_state: _Optional[bool] = ..., initial_states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+    resume_token: bytes
+    return_token: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., must_exist: _Optional[bool] = ..., end_session: _Optional[bool] = ..., return_state: _Optional[bool] = ..., initial_states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., resume_token: _Optional[bytes] = ..., return_token: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "outputs", "lengths", "states", "session_id", "frame_offset")
+    __slots__ = ("model", "outputs", "lengths", "states", "session_id", "frame_offset", "resume_token")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     outputs: Tensor
     lengths: _containers.RepeatedScalarFieldContainer[int]
     states: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     session_id: str
     frame_offset: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., session_id: _Optional[str] = ..., frame_offset: _Optional[int] = ...) -> None: ...
+    resume_token: bytes
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., session_id: _Optional[str] = ..., frame_offset: _Optional[int] = ..., resume_token: _Optional[bytes] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("frame_outputs", "events", "return_state")
@@ -220,20 +226,24 @@ class AudioFormat(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "session_id", "must_exist", "input_kind", "audio", "output")
+    __slots__ = ("model", "session_id", "must_exist", "input_kind", "audio", "output", "resume_token", "token_every")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MUST_EXIST_FIELD_NUMBER: _ClassVar[int]
     INPUT_KIND_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EVERY_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     session_id: str
     must_exist: bool
     input_kind: InputKind
     audio: AudioFormat
     output: OutputOptions
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., session_id: _Optional[str] = ..., must_exist: _Optional[bool] = ..., input_kind: _Optional[_Union[InputKind, str]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+    resume_token: bytes
+    token_every: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., session_id: _Optional[str] = ..., must_exist: _Optional[bool] = ..., input_kind: _Optional[_Union[InputKind, str]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., resume_token: _Optional[bytes] = ..., token_every: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("sequence_number", "features", "audio")
@@ -262,20 +272,22 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("session_id", "model", "frame_rate_hz", "next_sequence_number", "frame_offset", "resumed")
+    __slots__ = ("session_id", "model", "frame_rate_hz", "next_sequence_number", "frame_offset", "resumed", "resume_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FRAME_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     NEXT_SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: ModelRef
     frame_rate_hz: float
     next_sequence_number: int
     frame_offset: int
     resumed: bool
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., frame_rate_hz: _Optional[float] = ..., next_sequence_number: _Optional[int] = ..., frame_offset: _Optional[int] = ..., resumed: _Optional[bool] = ...) -> None: ...
+    resume_token: bytes
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., frame_rate_hz: _Optional[float] = ..., next_sequence_number: _Optional[int] = ..., frame_offset: _Optional[int] = ..., resumed: _Optional[bool] = ..., resume_token: _Optional[bytes] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("label", "start_s", "end_s", "score", "is_final")
@@ -292,7 +304,7 @@ class Event(_message.Message):
     def __init__(self, label: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., is_final: _Optional[bool] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("sequence_number", "frame_offset", "outputs", "events", "duplicate", "frames", "flush")
+    __slots__ = ("sequence_number", "frame_offset", "outputs", "events", "duplicate", "frames", "flush", "resume_token")
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +312,7 @@ class Result(_message.Message):
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     FLUSH_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sequence_number: int
     frame_offset: int
     outputs: Tensor
@@ -307,23 +320,26 @@ class Result(_message.Message):
     duplicate: bool
     frames: int
     flush: bool
-    def __init__(self, sequence_number: _Optional[int] = ..., frame_offset: _Optional[int] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., duplicate: _Optional[bool] = ..., frames: _Optional[int] = ..., flush: _Optional[bool] = ...) -> None: ...
+    resume_token: bytes
+    def __init__(self, sequence_number: _Optional[int] = ..., frame_offset: _Optional[int] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., duplicate: _Optional[bool] = ..., frames: _Optional[int] = ..., flush: _Optional[bool] = ..., resume_token: _Optional[bytes] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("session_id", "frames", "chunks", "events", "states", "audio_seconds")
+    __slots__ = ("session_id", "frames", "chunks", "events", "states", "audio_seconds", "resume_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     frames: int
     chunks: int
     events: _containers.RepeatedCompositeFieldContainer[Event]
     states: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     audio_seconds: float
-    def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[int] = ..., chunks: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., audio_seconds: _Optional[float] = ...) -> None: ...
+    resume_token: bytes
+    def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[int] = ..., chunks: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., audio_seconds: _Optional[float] = ..., resume_token: _Optional[bytes] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("started", "result", "final")

@@ -119,6 +119,8 @@ def predict_input(request: pb.PredictRequest) -> PredictInput:
         end_session=request.end_session,
         return_state=request.return_state,
         initial_states=initial,
+        resume_token=request.resume_token,
+        return_token=request.return_token,
     )
 
 
@@ -132,6 +134,7 @@ def predict_response(result: PredictOutput) -> pb.PredictResponse:
         states=[pb.NamedTensor(name=k, tensor=to_tensor(v)) for k, v in result.states.items()],
         session_id=result.session_id,
         frame_offset=result.frame_offset,
+        resume_token=result.resume_token,
     )
 
 
@@ -156,6 +159,8 @@ def _stream_config(config: pb.StreamConfig) -> StreamConfig:
         frame_outputs=output.frame_outputs if output.HasField("frame_outputs") else None,
         events=output.events if output.HasField("events") else None,
         return_state=output.return_state,
+        resume_token=config.resume_token,
+        token_every=config.token_every,
     )
 
 
@@ -200,6 +205,7 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
             duplicate=reply.duplicate,
             flush=reply.flush,
             events=[_event(e) for e in reply.events],
+            resume_token=reply.resume_token,
         )
         if reply.outputs is not None:
             result.outputs.CopyFrom(to_tensor(reply.outputs))
@@ -213,6 +219,7 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
                 next_sequence_number=reply.next_sequence_number,
                 frame_offset=reply.frame_offset,
                 resumed=reply.resumed,
+                resume_token=reply.resume_token,
             )
         )
     final = reply
@@ -225,6 +232,7 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
             events=[_event(e) for e in final.events],
             states=[pb.NamedTensor(name=k, tensor=to_tensor(v)) for k, v in final.states.items()],
             audio_seconds=final.audio_seconds,
+            resume_token=final.resume_token,
         )
     )
 
