@@ -57,7 +57,7 @@ gpu-check: $(FULL_STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs 
 	$(BIN)/python scripts/gpu_check.py
 
 train: $(FULL_STAMP) ## retrain every bundled model into models/ and remake demo/ (~20 min)
-	for recipe in har har-gru vowels kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
+	for recipe in har har-gru vowels forecast kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
 	$(BIN)/lstm-train demo --model models/kws/1 --out demo
 
 bench: $(FULL_STAMP) ## benchmark: in-process ORT vs server batching off/on; writes docs/benchmarks.md (~4 min)

@@ -6,6 +6,7 @@ the figure against ``provenance`` (within ±0.005) and against the accuracy floo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,79 @@ def test_bundled_packages_have_reports() -> None:
         for report in ("model.onnx", "manifest.json", "report.json", "report.md", "curves.png",
                        "confusion.png"):
             assert (package / report).is_file(), f"{package}/{report}"
+
+
+def test_forecast_model_beats_baselines_and_streams() -> None:
+    from lstm_train.forecast import (
+        HORIZON,
+        LinearAR,
+        evaluate_package,
+        output_labels,
+        persistence,
+        score,
+    )
+    from lstm_train.recipes import load_dataset, stratified_split
+
+    package = MODELS / "forecast" / "1"
+    manifest = load_manifest(package)
+    assert manifest.output.task == "regression"
+    assert manifest.output.activation == "none"
+    assert manifest.output.head == "per_frame" and manifest.causal
+    assert manifest.output.dim == HORIZON * manifest.input.feature_dim == 30
+    assert manifest.output.labels == output_labels()
+    extra = manifest.provenance.model_dump()
+    test = np.stack(load_dataset("basic_motions", "test").x).astype(np.float32)
+    assert manifest.input.normalization is not None
+    std = np.asarray(manifest.input.normalization.std, np.float32)
+    figures = evaluate_package(package, test, std)  # streamed in chunks, state carried
+    assert figures["stream_vs_whole"] <= 1e-5
+    assert abs(figures["mae"] - extra["test_mae"]) <= TOLERANCE
+    assert abs(figures["rmse"] - extra["test_rmse"]) <= TOLERANCE
+    persist = score(persistence(test), test, std)["mae"]
+    assert abs(persist - extra["baseline_persistence_mae"]) <= TOLERANCE
+    assert figures["mae"] < persist
+    # the linear AR baseline, refit with the recorded choice on the training recordings
+    train = load_dataset("basic_motions", "train")
+    train_idx, _ = stratified_split(train.y, 0.2, 0)
+    x_train = np.stack(train.x).astype(np.float32)[train_idx]
+    mean = np.asarray(manifest.input.normalization.mean, np.float32)
+    report = json.loads((package / "report.json").read_text())
+    choice = report["linear_ar_choice"]
+    ar = LinearAR(int(choice["p"]), float(choice["ridge"]), mean, std).fit(x_train)
+    ar_mae = score(ar.predict(test), test, std)["mae"]
+    assert abs(ar_mae - extra["baseline_linear_ar_mae"]) <= TOLERANCE
+    assert figures["mae"] < ar_mae
+    assert max(manifest.provenance.parity.values()) <= 1e-5
+    for report_file in ("model.onnx", "manifest.json", "report.json", "report.md",
+                        "curves.png", "forecast.png"):
+        assert (package / report_file).is_file(), report_file
+
+
+@pytest.mark.slow
+def test_kws_false_alarms_per_hour_on_quick_subset() -> None:
+    """The spotter figures of ``models/kws/1/kws_eval_quick.json`` (written by
+    ``python -m lstm_train.kws_eval --quick``) re-measured on the same fixed subset of
+    held-out voices; the full-scale figures are in ``kws_eval.json``."""
+    from lstm_train import kws_eval
+
+    package = MODELS / "kws" / "1"
+    recorded = json.loads((package / "kws_eval_quick.json").read_text())
+    streams = kws_eval.build("test", kws_eval.QUICK)
+    assert streams.variants == recorded["variants"]
+    figures = kws_eval.evaluate(package, streams)
+    got, want = figures["shipped"], recorded["shipped"]
+    assert got["keywords"] == want["keywords"]
+    # borderline detections flip between runs (observed: 44 vs 45 false alarms; the
+    # source of the nondeterminism is not pinned down yet): allow a few events
+    slack = 4
+    assert abs(got["false_alarms"] - want["false_alarms"]) <= slack, (got, want)
+    assert abs(got["misses"] - want["misses"]) <= 2, (got, want)
+    for row_got, row_want in zip(figures["det"], recorded["det"], strict=True):
+        assert row_got["threshold"] == row_want["threshold"]
+        assert abs(row_got["false_alarms_per_hour"] - row_want["false_alarms_per_hour"]) <= slack / (
+            figures["keyword_free_hours"]
+        )
+    full = json.loads((package / "kws_eval.json").read_text())
+    assert full["keyword_free_hours"] >= 1.0
+    for event_label in full["shipped"]["false_alarms_by_label"]:
+        assert event_label not in ("_silence_", "_unknown_")  # only keywords emit events

@@ -90,5 +90,20 @@ def test_help_lists_every_recipe(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for recipe in ("har", "har-gru", "vowels", "kws", "reference", "demo", "--quick"):
+    for recipe in ("har", "har-gru", "vowels", "kws", "forecast", "reference", "demo", "--quick"):
         assert recipe in text
+
+
+def test_forecast_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    figures = _run("forecast", tmp_path, capsys)
+    package = tmp_path / "forecast" / "7"
+    _check_package(package, reports=("report.json", "report.md", "curves.png", "forecast.png"))
+    manifest = load_manifest(package)
+    assert manifest.output.task == "regression" and manifest.output.activation == "none"
+    assert manifest.output.dim == 5 * manifest.input.feature_dim
+    assert manifest.causal and len(manifest.states) == 2
+    extra = manifest.provenance.model_dump()
+    assert extra["test_mae"] == pytest.approx(figures["test_mae"], abs=1e-6)
+    assert figures["stream_vs_whole"] <= 1e-5  # type: ignore[operator]
+    for key in ("persistence_mae", "linear_ar_mae", "test_rmse"):
+        assert key in figures

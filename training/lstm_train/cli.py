@@ -28,6 +28,9 @@ RECIPES: dict[str, str] = {
     "kws": "Streaming keyword spotting from 16 kHz audio, corpus synthesized offline with "
     "espeak-ng (unseen voices in test): unidirectional LSTM over log-mel frames, keyword "
     "events from the manifest's post-processing. About 10-15 min on 2 cores.",
+    "forecast": "Streaming forecaster with a regression head: the next 5 steps (0.5 s) of "
+    "BasicMotions' 6 accelerometer and gyroscope channels (sktime, 10 Hz) at every step; "
+    "unidirectional LSTM, residual per-frame head, task regression. Streams.",
     "reference": "Random-weight LSTM (40 in, 256 hidden, 2 layers, 12 out, per frame) for "
     "benchmarks. Not trained and not bundled.",
 }
@@ -37,6 +40,7 @@ examples:
   lstm-train har                          # train and write models/har/1/
   lstm-train vowels --version 2           # write models/vowels/2/
   lstm-train kws --quick --out /tmp/m     # a fast end-to-end check (< 2 min)
+  lstm-train forecast                     # regression head: models/forecast/1/
   lstm-train reference --out .bench/models
   lstm-train demo --model models/kws/1 --out demo   # regenerate the demo WAVs
   lstm-train har --json | jq .test_accuracy
@@ -51,6 +55,10 @@ def _recipe(name: str) -> Callable[[RunOptions], dict[str, Any]]:
         from lstm_train import kws
 
         return kws.run
+    if name == "forecast":
+        from lstm_train import forecast
+
+        return forecast.run
     from lstm_train import recipes
 
     return recipes.RECIPES[name]

@@ -88,6 +88,7 @@ def build_manifest(
     arch = (
         f"{'bi' if cfg.bidirectional else 'uni'}directional {cfg.cell.upper()}, "
         f"{cfg.layers} layer(s), hidden {cfg.hidden}, {cfg.head} head"
+        + (" (attention pooling)" if cfg.pooling == "attention" else "")
     )
     return Manifest(
         name=name,

@@ -133,6 +133,13 @@ def build_bank(
 
 def noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """Background noise: white, pink-ish or brown-ish, at a random level."""
+    white = noise_shape(n, rng)
+    level = 10 ** rng.uniform(-3.7, -1.7)  # RMS 0.0002 .. 0.02
+    return (white * level).astype(np.float32)
+
+
+def noise_shape(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS noise of a random colour: white, pink-ish or brown-ish."""
     kind = int(rng.integers(3))
     white = rng.standard_normal(n)
     if kind == 1:
@@ -143,8 +150,7 @@ def noise(n: int, rng: np.random.Generator) -> np.ndarray:
         white = np.cumsum(white)
         white -= np.linspace(white[0], white[-1], n) if n > 1 else white
     white /= max(float(np.std(white)), 1e-9)
-    level = 10 ** rng.uniform(-3.7, -1.7)  # RMS 0.0002 .. 0.02
-    return (white * level).astype(np.float32)
+    return white
 
 
 @dataclass

@@ -26,8 +26,16 @@ class NetConfig:
     cell: Literal["lstm", "gru"] = "lstm"
     bidirectional: bool = False
     head: Literal["per_frame", "sequence"] = "per_frame"
+    #: sequence head of a bidirectional net: ``mean`` over time, or ``attention``
+    #: (a learned weighted sum over time: ``softmax_t(v . tanh(W o_t))``)
+    pooling: Literal["mean", "attention"] = "mean"
     activation: Literal["softmax", "none"] = "softmax"
     dropout: float = 0.0
+    #: forecaster: ``y[t]`` holds the next ``forecast_steps`` input frames, step-major
+    #: (``[k, input_dim]`` flattened), as ``x[t]`` plus a learned increment in input
+    #: units; needs a per-frame head, ``activation="none"`` and
+    #: ``output_dim == forecast_steps * input_dim``
+    forecast_steps: int = 0
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
@@ -51,7 +59,8 @@ class RecurrentNet(nn.Module):
 
     - per-frame head: ``y`` is ``[batch, time, output_dim]``;
     - sequence head: ``y`` is ``[batch, output_dim]``: the last frame for a
-      unidirectional net, the time-mean of the outputs for a bidirectional one.
+      unidirectional net, the time-mean of the outputs for a bidirectional one, or
+      with ``pooling="attention"`` an attention-weighted sum over time.
     """
 
     mean: torch.Tensor
@@ -73,8 +82,20 @@ class RecurrentNet(nn.Module):
             bidirectional=config.bidirectional,
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
+        if config.forecast_steps and (
+            config.head != "per_frame"
+            or config.activation != "none"
+            or config.output_dim != config.forecast_steps * config.input_dim
+        ):
+            raise ValueError("forecast_steps needs a per_frame head, activation 'none' and "
+                             "output_dim == forecast_steps * input_dim")
         width = config.hidden * (2 if config.bidirectional else 1)
         self.proj = nn.Linear(width, config.output_dim)
+        if config.pooling == "attention":
+            if config.head != "sequence":
+                raise ValueError("attention pooling needs a sequence head")
+            self.attn = nn.Sequential(nn.Linear(width, width // 2), nn.Tanh(),
+                                      nn.Linear(width // 2, 1, bias=False))
 
     def zero_states(self, batch: int) -> list[torch.Tensor]:
         """Zero initial states, one per state name."""
@@ -83,6 +104,7 @@ class RecurrentNet(nn.Module):
 
     def logits(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Pre-activation outputs and new states (what the training loss uses)."""
+        raw = x
         x = (x - self.mean) * self.inv_std
         if self.config.cell == "lstm":
             seq, (h, c) = self.rnn(x, (states[0], states[1]))
@@ -91,9 +113,18 @@ class RecurrentNet(nn.Module):
             seq, h = self.rnn(x, states[0])
             new_states = (h,)
         if self.config.head == "sequence":
-            pooled = seq.mean(dim=1) if self.config.bidirectional else seq[:, -1, :]
+            if self.config.pooling == "attention":
+                weights = torch.softmax(self.attn(seq), dim=1)  # [batch, time, 1]
+                pooled = (weights * seq).sum(dim=1)
+            else:
+                pooled = seq.mean(dim=1) if self.config.bidirectional else seq[:, -1, :]
             return (self.proj(pooled), *new_states)
-        return (self.proj(seq), *new_states)
+        out = self.proj(seq)
+        if self.config.forecast_steps:
+            # a residual forecast: the last frame plus an increment in normalized units
+            steps = out.unflatten(-1, (self.config.forecast_steps, self.config.input_dim))
+            out = (steps / self.inv_std + raw.unsqueeze(-2)).flatten(-2)
+        return (out, *new_states)
 
     def forward(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Outputs after the activation, then the new states."""

@@ -209,6 +209,9 @@ class SensorRecipe:
     crop: float = 0.0
     dropout: float = 0.0
     weight_decay: float = 1e-4
+    pooling: str = "mean"
+    #: keep the last epoch instead of the best validation epoch
+    keep_last: bool = False
 
 
 SENSOR_RECIPES = {
@@ -229,10 +232,11 @@ SENSOR_RECIPES = {
     "vowels": SensorRecipe(
         name="vowels", dataset="japanese_vowels",
         description="Speaker identification (9 speakers) from 12 LPC cepstra per frame "
-        "(UEA JapaneseVowels); bidirectional LSTM over the whole utterance, Predict only.",
+        "(UEA JapaneseVowels); bidirectional LSTM over the whole utterance with attention "
+        "pooling (a learned weighted sum over time), Predict only.",
         cell="lstm", bidirectional=True, hidden=128, layers=1, epochs=80, lr=5e-3, batch=16,
         val_fraction=0.15, noise=0.2, frame_rate_hz=100.0, frame_weight=0.0, dropout=0.0,
-        weight_decay=1e-3,
+        weight_decay=1e-3, pooling="attention", keep_last=True,
     ),
 }
 
@@ -256,6 +260,7 @@ def run_sensor(recipe: SensorRecipe, opts: RunOptions) -> dict[str, Any]:
         cell=recipe.cell,  # type: ignore[arg-type]
         bidirectional=recipe.bidirectional,
         head="sequence" if recipe.bidirectional else "per_frame", dropout=recipe.dropout,
+        pooling=recipe.pooling,  # type: ignore[arg-type]
         mean=mean, std=std,
     )
     net = RecurrentNet(cfg)
@@ -264,6 +269,7 @@ def run_sensor(recipe: SensorRecipe, opts: RunOptions) -> dict[str, Any]:
         net, batches=_batches(train, recipe.batch, opts.seed, recipe.noise, recipe.crop),
         loss_fn=_loss_fn(recipe.frame_weight), evaluate=_evaluator(val), epochs=epochs,
         lr=recipe.lr, weight_decay=recipe.weight_decay, desc=recipe.name, quiet=opts.quiet,
+        keep_last=recipe.keep_last,
     )
     manifest = build_manifest(
         net, name=recipe.name, version=opts.version, frame_rate_hz=recipe.frame_rate_hz,

@@ -74,12 +74,14 @@ def fit(
     desc: str = "train",
     quiet: bool = False,
     lr_final_fraction: float = 0.05,
+    keep_last: bool = False,
 ) -> History:
     """Train ``net`` in place; at the end it holds the best validation epoch's weights.
 
     ``batches(epoch)`` yields the epoch's batches. The learning rate follows a cosine
     schedule down to ``lr * lr_final_fraction``. Selection: highest validation
-    accuracy, ties broken by lower validation loss.
+    accuracy, ties broken by lower validation loss; with ``keep_last``, the last
+    epoch's weights (for a validation split too small to select on).
     """
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -116,7 +118,7 @@ def fit(
         }
         history.epochs.append(row)
         key = (val_acc, -val_loss)
-        if best_key is None or key > best_key:
+        if keep_last or best_key is None or key > best_key:
             best_key = key
             best_state = copy.deepcopy(net.state_dict())
             history.best_epoch = epoch
