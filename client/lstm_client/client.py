@@ -117,6 +117,8 @@ class PredictResult:
     frame_offset: int = 0
     resume_token: bytes = b""
     """The session after this call, sealed (with ``return_token``)."""
+    replayed: bool = False
+    """The server answered a retry of a call it had applied: nothing advanced."""
 
 
 @dataclass
@@ -325,6 +327,7 @@ class LstmClient:
         initial_states: dict[str, np.ndarray] | None = None,
         resume_token: bytes = b"",
         return_token: bool = False,
+        frame_offset: int | None = None,
         timeout: float | None = None,
     ) -> PredictResult:
         """Predict one sequence (``[T, F]`` array) or a batch (``[N, T, F]`` or a list).
@@ -332,7 +335,9 @@ class LstmClient:
         A list of arrays of different lengths is padded and sent with per-sequence
         lengths. Outputs come back one per sequence, cut to its length. A
         ``resume_token`` continues the session it seals, on any replica with the same
-        token keys; ``return_token`` asks for the session's next token.
+        token keys; ``return_token`` asks for the session's next token. ``frame_offset``
+        makes the call safe to retry: 0 creates the session, N continues it only at
+        frame N, and a retry of the previous call is answered again (``replayed``).
         """
         request = pb.PredictRequest(
             model=pb.ModelRef(name=name, version=version),
@@ -343,6 +348,8 @@ class LstmClient:
             resume_token=resume_token,
             return_token=return_token,
         )
+        if frame_offset is not None:
+            request.frame_offset = frame_offset
         if isinstance(sequences, np.ndarray):
             request.features.CopyFrom(to_tensor(sequences))
         else:
@@ -369,6 +376,7 @@ class LstmClient:
             session_id=response.session_id,
             frame_offset=response.frame_offset,
             resume_token=response.resume_token,
+            replayed=response.replayed,
         )
 
     def open_stream(self, timeout: float | None = None) -> StreamCall:

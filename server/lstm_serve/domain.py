@@ -63,6 +63,8 @@ class PredictInput:
     initial_states: dict[str, np.ndarray] = field(default_factory=dict)
     resume_token: bytes = b""
     return_token: bool = False
+    frame_offset: int | None = None
+    """The session frame this call continues from (None: create or continue)."""
 
     @property
     def batch(self) -> int:
@@ -87,6 +89,7 @@ class PredictOutput:
     session_id: str = ""
     frame_offset: int = 0
     resume_token: bytes = b""
+    replayed: bool = False
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,16 @@ class PreconditionFailed(ServeError):
     non-causal model, or a sequence-number gap)."""
 
 
+class OffsetMismatch(PreconditionFailed):
+    """A Predict stated a frame offset the session does not stand at."""
+
+    def __init__(self, message: str, stated: int, current: int, previous: int | None) -> None:
+        super().__init__(message)
+        self.stated = stated
+        self.current = current
+        self.previous = previous
+
+
 class Overloaded(ServeError):
     """A bounded resource is full: the session cap, the batch queue or a rate limit."""
 

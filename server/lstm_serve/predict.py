@@ -4,7 +4,9 @@ session through the session step."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+from collections import OrderedDict
 
 import numpy as np
 
@@ -12,13 +14,25 @@ from lstm_serve import stacking
 from lstm_serve.admission import Admission
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import PredictInput, PredictOutput
-from lstm_serve.errors import InvalidInput, Overloaded, PreconditionFailed, echo
+from lstm_serve.errors import (
+    InvalidInput,
+    OffsetMismatch,
+    Overloaded,
+    PreconditionFailed,
+    ServeError,
+    SessionNotFound,
+    echo,
+)
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.manifest import Manifest
 from lstm_serve.resume import ResumeTokens
 from lstm_serve.runtime import ModelRuntime
 from lstm_serve.sessions import SessionRegistry
 from lstm_serve.settings import SessionSettings
+
+REPLAYS_KEPT = 256
+"""Results of recent offset-stating calls kept for replay (the retry of a call whose
+answer was lost)."""
 
 PREDICT_RUNS_IN_FLIGHT = 8
 """Runs of one batched Predict that wait in the batcher at once: enough to fill its
@@ -92,6 +106,8 @@ class PredictUseCase:
     ) -> None:
         self._lanes = lanes
         self._tokens = tokens
+        self._replays: OrderedDict[tuple[str, int], tuple[int, PredictOutput]] = OrderedDict()
+        """Recent results of calls that stated a frame offset, for their retries."""
         self._sessions = sessions
         self._admission = admission
         self._limits = limits
@@ -212,16 +228,31 @@ class PredictUseCase:
                 "whole sequences only, without sessions"
             )
         frames = request.features[0, : int(request.lengths[0])]
+        stated = request.frame_offset
         restore = self._tokens.resume(request.resume_token, request.session_id, lane)
+        if restore is not None and stated is not None and stated != restore.frame_offset:
+            raise PreconditionFailed(
+                f"frame_offset: the call continues from frame {stated}, but the token stands at frame "
+                f"{restore.frame_offset}; send the token of frame {stated}"
+            )
         if request.return_token:
             self._tokens.require("return_token")
-        live, _ = await self._sessions.open(
-            restore.session_id if restore is not None else request.session_id, lane.fresh_state,
-            requested_version=request.model.version,
-            mode="continue" if request.must_exist else "create_or_continue", stream=False, restore=restore,
-        )
+        session_id = restore.session_id if restore is not None else request.session_id
+        continuing = request.must_exist or (stated is not None and stated > 0 and restore is None)
         try:
-            out = await lane.step.run(live, sequence_number=None, features=frames)
+            live, _ = await self._sessions.open(
+                session_id, lane.fresh_state, requested_version=request.model.version,
+                mode="continue" if continuing else "create_or_continue", stream=False, restore=restore,
+            )
+        except SessionNotFound as missing:
+            if stated is None:
+                raise
+            return self._replay(session_id, stated, frames.shape[0], missing)
+        try:
+            try:
+                out = await lane.step.run(live, sequence_number=None, features=frames, frame_offset=stated)
+            except OffsetMismatch as exc:
+                return self._replay(live.id, exc.stated, frames.shape[0], exc)
             states = live.state.states
             token = self._tokens.seal(live.state, lane) if request.return_token else b""
         finally:
@@ -232,7 +263,21 @@ class PredictUseCase:
         assert out.outputs is not None
         outputs = out.outputs[np.newaxis] if manifest.output.head == "per_frame" else out.outputs
         lengths = [out.frames] if manifest.output.head == "per_frame" else [1]
-        return PredictOutput(
+        result = PredictOutput(
             lane.ref, manifest.output.head, outputs, lengths, request.batched, final_states, live.id,
             out.frame_offset, token,
         )
+        if stated is not None:
+            self._replays[(live.id, stated)] = (int(frames.shape[0]), result)
+            while len(self._replays) > REPLAYS_KEPT:
+                self._replays.popitem(last=False)
+        return result
+
+    def _replay(self, session_id: str, stated: int, frames: int, refusal: ServeError) -> PredictOutput:
+        """The result of the call at ``stated`` again, when this is its retry (the
+        session moved on from there, or the call ended it); else ``refusal``."""
+        kept = self._replays.get((session_id, stated))
+        moved_on = not isinstance(refusal, OffsetMismatch) or refusal.previous == stated
+        if kept is not None and moved_on and kept[0] == frames:
+            return dataclasses.replace(kept[1], replayed=True)
+        raise refusal

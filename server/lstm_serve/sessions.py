@@ -245,8 +245,9 @@ class SessionRegistry:
                     else "is unknown"
                 )
                 raise SessionNotFound(
-                    f"session_id: session '{echo(session_id)}' {why}; start a new session "
-                    "without must_exist"
+                    f"session_id: session '{echo(session_id)}' {why} here; nothing was started. Resume "
+                    "it with a resume_token, route the call by session id to the replica that holds it, "
+                    "or start a new session (frame_offset 0, or without must_exist)"
                 )
             new = fresh(session_id or uuid.uuid4().hex)
             if new.session_id in self._live:

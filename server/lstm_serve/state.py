@@ -54,6 +54,8 @@ class SessionState:
     next_sequence_number: int = 0
     frame_offset: int = 0
     """Frames processed so far."""
+    previous_offset: int | None = None
+    """Where the last step started: a Predict retried at this offset is a replay."""
     audio: AudioPipelineState | None = None
     """The audio front-end (decoder, resampler, log-mel framer) of an audio session."""
     spotter: SpotterState | None = None

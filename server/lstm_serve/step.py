@@ -19,7 +19,7 @@ import numpy as np
 
 from lstm_serve.audio import AudioPipeline
 from lstm_serve.batching import Batcher
-from lstm_serve.errors import PreconditionFailed
+from lstm_serve.errors import OffsetMismatch, PreconditionFailed, echo
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.manifest import LogMelFrontend, Manifest
 from lstm_serve.sessions import LiveSession, SessionStore
@@ -78,12 +78,20 @@ class SessionStep:
         sequence_number: int | None,
         features: np.ndarray | None = None,
         audio: bytes | None = None,
+        frame_offset: int | None = None,
     ) -> StepOutput:
         """Apply one chunk (feature frames ``[T, F]`` or audio bytes). With a
         ``sequence_number``, a repeat of an applied one is answered as a duplicate and a
-        gap is refused; None (stateful Predict) applies the chunk as the next."""
+        gap is refused; None (stateful Predict) applies the chunk as the next. With a
+        ``frame_offset``, the session must stand there (:class:`OffsetMismatch`)."""
         async with live.lock:
             state = live.state
+            if frame_offset is not None and frame_offset != state.frame_offset:
+                raise OffsetMismatch(
+                    f"frame_offset: the call continues from frame {frame_offset}, but session "
+                    f"'{echo(state.session_id)}' stands at frame {state.frame_offset}; nothing was applied",
+                    frame_offset, state.frame_offset, state.previous_offset,
+                )
             if sequence_number is not None:
                 expected = state.next_sequence_number
                 if sequence_number < expected:
@@ -138,6 +146,7 @@ class SessionStep:
                 states=new_states,
                 next_sequence_number=state.next_sequence_number + (1 if numbered else 0),
                 frame_offset=state.frame_offset + int(frames.shape[0]),
+                previous_offset=state.frame_offset,
                 audio=live.audio.snapshot() if live.audio is not None else state.audio,
                 spotter=spotter.snapshot() if spotter is not None else state.spotter,
                 final_events=state.final_events + finals,

@@ -166,7 +166,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "features", "lengths", "session_id", "must_exist", "end_session", "return_state", "initial_states", "resume_token", "return_token")
+    __slots__ = ("model", "features", "lengths", "session_id", "must_exist", "end_session", "return_state", "initial_states", "resume_token", "return_token", "frame_offset")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,7 @@ class PredictRequest(_message.Message):
     INITIAL_STATES_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     features: Tensor
     lengths: _containers.RepeatedScalarFieldContainer[int]
@@ -187,10 +188,11 @@ class PredictRequest(_message.Message):
     initial_states: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     resume_token: bytes
     return_token: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., must_exist: _Optional[bool] = ..., end_session: _Optional[bool] = ..., return_state: _Optional[bool] = ..., initial_states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., resume_token: _Optional[bytes] = ..., return_token: _Optional[bool] = ...) -> None: ...
+    frame_offset: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., session_id: _Optional[str] = ..., must_exist: _Optional[bool] = ..., end_session: _Optional[bool] = ..., return_state: _Optional[bool] = ..., initial_states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., resume_token: _Optional[bytes] = ..., return_token: _Optional[bool] = ..., frame_offset: _Optional[int] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "outputs", "lengths", "states", "session_id", "frame_offset", "resume_token")
+    __slots__ = ("model", "outputs", "lengths", "states", "session_id", "frame_offset", "resume_token", "replayed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,7 @@ class PredictResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     outputs: Tensor
     lengths: _containers.RepeatedScalarFieldContainer[int]
@@ -205,7 +208,8 @@ class PredictResponse(_message.Message):
     session_id: str
     frame_offset: int
     resume_token: bytes
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., session_id: _Optional[str] = ..., frame_offset: _Optional[int] = ..., resume_token: _Optional[bytes] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., session_id: _Optional[str] = ..., frame_offset: _Optional[int] = ..., resume_token: _Optional[bytes] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("frame_outputs", "events", "return_state")

@@ -121,6 +121,7 @@ def predict_input(request: pb.PredictRequest) -> PredictInput:
         initial_states=initial,
         resume_token=request.resume_token,
         return_token=request.return_token,
+        frame_offset=request.frame_offset if request.HasField("frame_offset") else None,
     )
 
 
@@ -135,6 +136,7 @@ def predict_response(result: PredictOutput) -> pb.PredictResponse:
         session_id=result.session_id,
         frame_offset=result.frame_offset,
         resume_token=result.resume_token,
+        replayed=result.replayed,
     )
 
 
