@@ -37,6 +37,9 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LAG_BUCKETS_S: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Stream lag buckets: how far a stream's results trail real time."""
 
+TOKEN_BYTES_BUCKETS: tuple[float, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+"""Resume token sizes: a GRU's few hundred bytes to the 64 KiB default limit."""
+
 RTF_BUCKETS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 """Real-time-factor buckets: compute seconds per second of audio."""
 
@@ -116,7 +119,7 @@ class Metrics:
         self.sessions_ended = Counter(
             f"{PREFIX}_sessions_ended_total",
             "Sessions removed from the store, by reason: ended (client end), "
-            "expired (idle TTL), evicted (shutdown).",
+            "expired (idle TTL), evicted (shutdown), restarted.",
             ["reason"],
             registry=r,
         )
@@ -124,6 +127,26 @@ class Metrics:
             f"{PREFIX}_sessions_rejected_total",
             "Sessions refused, by reason: cap (session cap reached), conflict (held or bound elsewhere).",
             ["reason"],
+            registry=r,
+        )
+        self.tokens_issued = Counter(
+            f"{PREFIX}_resume_tokens_issued_total",
+            "Resume tokens sealed and sent to clients.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.token_bytes = Histogram(
+            f"{PREFIX}_resume_token_bytes",
+            "Size of the resume tokens sent.",
+            ["model", "version"],
+            buckets=TOKEN_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.resumes = Counter(
+            f"{PREFIX}_session_resumes_total",
+            "Sessions continued, by source (memory: a state this process's store held; token: a "
+            "resume token) and outcome (ok, refused).",
+            ["source", "outcome"],
             registry=r,
         )
         self.stream_lag = Histogram(

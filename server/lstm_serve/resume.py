@@ -5,8 +5,9 @@ replica with the same keys can, with no shared store."""
 from __future__ import annotations
 
 from lstm_serve import snapshot
-from lstm_serve.errors import InvalidInput, PreconditionFailed, echo
+from lstm_serve.errors import InvalidInput, PreconditionFailed, ServeError, echo
 from lstm_serve.lanes import Lane
+from lstm_serve.metrics import Metrics
 from lstm_serve.state import SessionState, now_ms
 from lstm_serve.tokens import TokenSealer
 
@@ -14,9 +15,10 @@ from lstm_serve.tokens import TokenSealer
 class ResumeTokens:
     """Seals and opens the states of sessions; off without a key file."""
 
-    def __init__(self, sealer: TokenSealer | None, ttl_s: float) -> None:
+    def __init__(self, sealer: TokenSealer | None, ttl_s: float, metrics: Metrics) -> None:
         self._sealer = sealer
         self._ttl_ms = int(ttl_s * 1000)
+        self._metrics = metrics
 
     @property
     def enabled(self) -> bool:
@@ -34,7 +36,11 @@ class ResumeTokens:
     def seal(self, state: SessionState, lane: Lane, field: str = "return_token") -> bytes:
         """A token of ``state``, valid for the token TTL."""
         sealer = self._require(field)
-        return sealer.seal(snapshot.encode(state, lane.manifest, now_ms() + self._ttl_ms))
+        token = sealer.seal(snapshot.encode(state, lane.manifest, now_ms() + self._ttl_ms))
+        labels = (lane.ref.name, lane.ref.version)
+        self._metrics.tokens_issued.labels(*labels).inc()
+        self._metrics.token_bytes.labels(*labels).observe(len(token))
+        return token
 
     def require(self, field: str) -> None:
         """FAILED_PRECONDITION naming ``field`` when tokens are off."""
@@ -45,12 +51,17 @@ class ResumeTokens:
         given, must be the token's. ``prefix`` is the fields' message path, e.g. ``config.``."""
         if not token:
             return None
-        state = self.open(token, lane, f"{prefix}resume_token")
+        try:
+            state = self.open(token, lane, f"{prefix}resume_token")
+        except ServeError:
+            self._metrics.resumes.labels("token", "refused").inc()
+            raise
         if session_id and session_id != state.session_id:
             raise InvalidInput(
                 f"{prefix}session_id: '{echo(session_id)}' conflicts with the token's session "
                 f"'{echo(state.session_id)}'; send either, or both for the same session"
             )
+        self._metrics.resumes.labels("token", "ok").inc()
         return state
 
     def open(self, token: bytes, lane: Lane, field: str) -> SessionState:

@@ -89,7 +89,7 @@ class LstmServer:
             log.info("resume tokens on (keys from %s)", s.sessions.token_keys_file)
         else:
             log.info("resume tokens off: no LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE (--token-keys)")
-        tokens = ResumeTokens(sealer, s.sessions.token_ttl_s)
+        tokens = ResumeTokens(sealer, s.sessions.token_ttl_s, self.metrics)
         self.domain = DomainFacade(
             repository, s, self.metrics, store=store, executor=executor, batchers=batchers, tokens=tokens
         )

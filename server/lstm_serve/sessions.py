@@ -270,8 +270,10 @@ class SessionRegistry:
                 + (f" version {echo(requested_version)}" if requested_version else "")
             )
         if live.stream_attached or (stream and live.predict_holds):
+            self._metrics.resumes.labels("memory", "refused").inc()
             raise self._conflict(live)
         self._hold(live, stream)
+        self._metrics.resumes.labels("memory", "ok").inc()
         return live, True
 
     async def _restore(self, state: SessionState, stream: bool) -> LiveSession:

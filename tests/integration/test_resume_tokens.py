@@ -18,7 +18,7 @@ from lstm_serve.manifest import load_manifest
 from lstm_serve.tokens import TokenSealer, load_keys, write_key_file
 from lstmserve.v1 import session_pb2 as spb
 from tests.conftest import FixtureModels
-from tests.harness import FEATURE_DIM, ServerHandle, start_server
+from tests.harness import FEATURE_DIM, ServerHandle, metric_sum, scrape, start_server
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,9 @@ def test_stream_paused_on_one_replica_resumes_on_the_other(replicas: tuple[Serve
         second = cb.stream("lstm", chunks[3:], resume_token=token)
     assert second.resumed and second.frame_offset == 30 and second.session_id == first.session_id
     np.testing.assert_allclose(np.concatenate([first.outputs, second.outputs]), whole, atol=1e-6)
+    assert metric_sum(scrape(a.metrics_url), "lstm_serve_resume_tokens_issued_total", model="lstm") >= 1
+    resumed = metric_sum(scrape(b.metrics_url), "lstm_serve_session_resumes_total", source="token", outcome="ok")
+    assert resumed >= 1
 
 
 def test_periodic_tokens_let_a_stream_continue_from_the_last_one(replicas: tuple[ServerHandle, ServerHandle]) -> None:
