@@ -172,8 +172,18 @@ class StreamEnd:
     keep_session: bool = False
 
 
+@dataclass(frozen=True)
+class StreamDraining:
+    """The server is shutting down: move the session elsewhere."""
+
+    time_left_s: float
+    resume_token: bytes
+    last_sequence_number: int
+    closing: bool = False
+
+
 StreamMessage = StreamConfig | Chunk | StreamEnd
 """What a client sends on a stream."""
 
-StreamReply = StreamStarted | ChunkResult | StreamFinal
+StreamReply = StreamStarted | ChunkResult | StreamFinal | StreamDraining
 """What the server answers on a stream."""

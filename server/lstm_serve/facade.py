@@ -68,9 +68,15 @@ class DomainFacade:
             batcher.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
 
-    def begin_drain(self) -> None:
-        """Refuse new sessions and calls from now on; in-flight work continues."""
+    def begin_drain(self, grace_s: float) -> None:
+        """Refuse new sessions and calls from now on; in-flight work continues, and
+        every open stream is told, at once, to move within ``grace_s``."""
         self.admission.begin_drain()
+        self._stream.announce_drain(grace_s)
+
+    def close_open_streams(self) -> int:
+        """The grace is over: open streams get a last token, then UNAVAILABLE."""
+        return self._stream.close_open_streams()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight, at most ``timeout`` seconds; True if idle."""

@@ -149,6 +149,13 @@ class Metrics:
             ["source", "outcome"],
             registry=r,
         )
+        self.draining_handoffs = Counter(
+            f"{PREFIX}_draining_handoffs_total",
+            "Draining messages sent to open streams at shutdown (each with a resume token when "
+            "the server has token keys), by whether the grace was over (closing).",
+            ["model", "version", "closing"],
+            registry=r,
+        )
         self.stream_lag = Histogram(
             f"{PREFIX}_stream_lag_seconds",
             "How far an audio stream trails real time after each chunk: wall time since its "

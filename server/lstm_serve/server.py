@@ -141,9 +141,12 @@ class LstmServer:
         grace = self.settings.server.grace_period_s if grace is None else grace
         log.info("draining: health NOT_SERVING, new calls refused, grace period %.1f s", grace)
         await self._health.enter_graceful_shutdown()
-        self.domain.begin_drain()
+        self.domain.begin_drain(grace)
         if not await self.domain.wait_idle(grace):
-            log.warning("grace period over with calls still in flight; cancelling them")
+            closing = self.domain.close_open_streams()
+            log.warning("grace period over: %d stream(s) got a last token and UNAVAILABLE", closing)
+            if not await self.domain.wait_idle(FINAL_SEND_GRACE_S):
+                log.warning("calls still in flight after the grace; cancelling them")
         await self._server.stop(FINAL_SEND_GRACE_S)
         await self.domain.close()
         if self._metrics_endpoint is not None:

@@ -4,8 +4,11 @@ session step. The state machine is documented in ``protos/lstmserve/v1/inference
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
 from lstm_serve.admission import Admission
 from lstm_serve.audio import check_audio_format
@@ -13,13 +16,14 @@ from lstm_serve.domain import (
     Chunk,
     ChunkResult,
     StreamConfig,
+    StreamDraining,
     StreamEnd,
     StreamFinal,
     StreamMessage,
     StreamReply,
     StreamStarted,
 )
-from lstm_serve.errors import DeadlineExceeded, InvalidInput, Overloaded, PreconditionFailed, echo
+from lstm_serve.errors import DeadlineExceeded, Draining, InvalidInput, Overloaded, PreconditionFailed, echo
 from lstm_serve.events import Event
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.metrics import Metrics
@@ -31,6 +35,69 @@ from lstm_serve.step import StepOutput, hydrate
 
 REALTIME_ALLOWANCE_S = 2.0
 """Audio a stream may send ahead of real time before the rate limit applies."""
+
+
+@dataclass(frozen=True)
+class _DrainSignal:
+    deadline: float
+    """time.monotonic() at which the grace ends."""
+    closing: bool
+
+
+class _Inbox:
+    """A stream's client messages, with the server's drain signals put first."""
+
+    def __init__(self, messages: AsyncIterator[StreamMessage], idle_timeout_s: float) -> None:
+        self._messages = messages
+        self._timeout = idle_timeout_s if idle_timeout_s > 0 else None
+        self._next: asyncio.Future[StreamMessage] | None = None
+        self._signals: deque[_DrainSignal] = deque()
+        self._wake = asyncio.Event()
+
+    def signal(self, signal: _DrainSignal) -> None:
+        """Queue a drain signal ahead of any client message."""
+        self._signals.append(signal)
+        self._wake.set()
+
+    async def get(self) -> StreamMessage | _DrainSignal | None:
+        """The next signal or client message; None when the client half-closed."""
+        if self._signals:
+            return self._signals.popleft()
+        if self._next is None:
+            self._next = asyncio.ensure_future(anext(self._messages))
+        wake: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
+        waiting: set[asyncio.Future[object]] = {self._next, wake}  # type: ignore[arg-type]
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+        if self._next in done:
+            arrived, self._next = self._next, None
+            try:
+                return arrived.result()
+            except StopAsyncIteration:
+                return None
+        if self._signals:
+            self._wake.clear()
+            return self._signals.popleft()
+        raise DeadlineExceeded(
+            f"stream idle for {self._timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
+            "session state is kept for resume until its TTL"
+        )
+
+    async def get_message(self) -> StreamMessage | None:
+        """The next client message, passing over signals."""
+        while True:
+            item = await self.get()
+            if not isinstance(item, _DrainSignal):
+                return item
+
+    async def close(self) -> None:
+        """Stop waiting for the client."""
+        if self._next is not None:
+            self._next.cancel()
+            with contextlib.suppress(BaseException):
+                await self._next
 
 
 class StreamUseCase:
@@ -51,48 +118,68 @@ class StreamUseCase:
         self._admission = admission
         self._settings = settings
         self._metrics = metrics
+        self._open_streams: dict[_Stream, _Inbox] = {}
+        self._drain: _DrainSignal | None = None
 
     async def stream(self, messages: AsyncIterator[StreamMessage]) -> AsyncGenerator[StreamReply, None]:
         """Run one stream: config, chunks, end (see the proto)."""
-        iterator = messages.__aiter__()
-        first = await self._next_message(iterator)
-        if first is None:
-            return
-        if not isinstance(first, StreamConfig):
-            raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
-        with self._admission.admitted():
-            stream = await self._open(first)
-            try:
-                yield stream.started
-                while True:
-                    message = await self._next_message(iterator)
-                    if message is None:
-                        return
-                    if isinstance(message, StreamConfig):
-                        raise InvalidInput("config: sent twice; config must be the first message only")
-                    if isinstance(message, StreamEnd):
-                        for reply in await stream.end(message.keep_session):
-                            yield reply
-                        if await self._next_message(iterator) is not None:
-                            raise InvalidInput("a message arrived after end; end must be the last message")
-                        return
-                    yield await stream.process(message, time.perf_counter())
-            finally:
-                await stream.close()
-
-    async def _next_message(self, iterator: AsyncIterator[StreamMessage]) -> StreamMessage | None:
-        timeout = self._settings.sessions.stream_idle_timeout_s
+        inbox = _Inbox(messages.__aiter__(), self._settings.sessions.stream_idle_timeout_s)
         try:
-            if timeout > 0:
-                return await asyncio.wait_for(anext(iterator), timeout)
-            return await anext(iterator)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"stream idle for {timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
-                "session state is kept for resume until its TTL"
-            ) from None
+            first = await inbox.get()
+            if first is None:
+                return
+            if not isinstance(first, StreamConfig):
+                raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
+            with self._admission.admitted():
+                stream = await self._open(first)
+                self._open_streams[stream] = inbox
+                try:
+                    yield stream.started
+                    if self._drain is not None:
+                        inbox.signal(self._drain)
+                    async for reply in self._serve(stream, inbox):
+                        yield reply
+                finally:
+                    del self._open_streams[stream]
+                    await stream.close()
+        finally:
+            await inbox.close()
+
+    async def _serve(self, stream: _Stream, inbox: _Inbox) -> AsyncGenerator[StreamReply, None]:
+        while True:
+            message = await inbox.get()
+            if message is None:
+                return
+            if isinstance(message, _DrainSignal):
+                yield stream.draining(message)
+                if message.closing:
+                    raise Draining(
+                        "server is shutting down and the drain grace is over; resume the session on "
+                        "another replica from the token in the last draining message"
+                    )
+                continue
+            if isinstance(message, StreamConfig):
+                raise InvalidInput("config: sent twice; config must be the first message only")
+            if isinstance(message, StreamEnd):
+                for reply in await stream.end(message.keep_session):
+                    yield reply
+                if await inbox.get_message() is not None:
+                    raise InvalidInput("a message arrived after end; end must be the last message")
+                return
+            yield await stream.process(message, time.perf_counter())
+
+    def announce_drain(self, grace_s: float) -> None:
+        """Tell every open stream, at once, that the server drains within ``grace_s``."""
+        self._drain = _DrainSignal(time.monotonic() + grace_s, closing=False)
+        for inbox in self._open_streams.values():
+            inbox.signal(self._drain)
+
+    def close_open_streams(self) -> int:
+        """The grace is over: each open stream gets a last token, then UNAVAILABLE."""
+        closing = _DrainSignal(time.monotonic(), closing=True)
+        for inbox in self._open_streams.values():
+            inbox.signal(closing)
+        return len(self._open_streams)
 
     async def _open(self, config: StreamConfig) -> _Stream:
         lane = self._lanes.resolve(config.model)
@@ -166,6 +253,7 @@ class _Stream:
         self._lag = metrics.stream_lag.labels(*labels)
         self._rtf = metrics.realtime_factor.labels(*labels)
         self._audio_counter = metrics.audio_seconds.labels(*labels)
+        self._handoffs = metrics.draining_handoffs
         self._max_frames = settings.sessions.max_chunk_frames
         self._max_chunk_s = settings.audio.max_chunk_ms / 1000
         self._max_rtf = settings.audio.max_realtime_factor
@@ -253,6 +341,19 @@ class _Stream:
             self._rtf.observe((now - started) / seconds)
             behind = (time.monotonic() - self._wall_start) - self._audio_seconds
             self._lag.observe(max(0.0, behind))
+
+    def draining(self, signal: _DrainSignal) -> StreamDraining:
+        """The warning for this stream: time left, a token, the last chunk applied."""
+        state = self._live.state
+        sealed = self._tokens.seal(state, self._lane) if self._tokens.enabled else b""
+        ref = self._lane.ref
+        self._handoffs.labels(ref.name, ref.version, str(signal.closing).lower()).inc()
+        return StreamDraining(
+            time_left_s=max(0.0, signal.deadline - time.monotonic()),
+            resume_token=sealed,
+            last_sequence_number=state.next_sequence_number - 1,
+            closing=signal.closing,
+        )
 
     async def end(self, keep_session: bool) -> list[ChunkResult | StreamFinal]:
         """Close the stream: flush buffered audio and delete the session, or keep both.

@@ -91,7 +91,11 @@ def test_graceful_shutdown_drains(fixture_models: FixtureModels) -> None:
             with pytest.raises(StatusError) as info:
                 fresh.stream("lstm", [x[:1]])
             assert info.value.code.name == "UNAVAILABLE" and "draining" in info.value.details
-        # The in-flight stream finishes within the grace period.
+        # The open stream is warned at once, then finishes within the grace period.
+        warning = call.recv()
+        assert warning.WhichOneof("message") == "draining"
+        assert 0 < warning.draining.time_left_s <= 5 and warning.draining.last_sequence_number == 0
+        assert not warning.draining.closing and not warning.draining.resume_token  # this server has no keys
         call.chunk(1, x[10:])
         rest = call.recv().result
         call.end()

@@ -5,6 +5,7 @@ serving. Two real server processes, no store shared between them."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,40 @@ def test_sealed_snapshots_that_do_not_fit_are_refused(
         weights = hashlib.sha256((package / "model.onnx").read_bytes()).hexdigest()
         state, _ = snapshot.decode(plaintext, load_manifest(package), weights, "resume_token")
         assert state.frame_offset == 4 and state.session_id.startswith("bad-")
+
+
+def test_sigterm_hands_each_stream_a_token_and_it_moves_to_another_replica(
+    fixture_models: FixtureModels, key_file: Path, replicas: tuple[ServerHandle, ServerHandle]
+) -> None:
+    env = {"LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE": str(key_file), "LSTM_SERVE_SERVER__GRACE_PERIOD_S": "1"}
+    x = _frames(50, seed=6)
+    chunks = [x[i : i + 10] for i in range(0, 50, 10)]
+    _, b = replicas
+    with b.client() as cb:
+        whole = cb.stream("lstm", chunks).outputs
+    with start_server(fixture_models.root, env=env) as a, a.client() as ca:
+        moving, staying = ca.open_stream(), ca.open_stream()
+        rows = []
+        for call in (moving, staying):
+            call.config(model={"name": "lstm"})
+            assert call.recv().WhichOneof("message") == "started"
+        for seq in range(3):
+            moving.chunk(seq, chunks[seq])
+            rows.append(np.frombuffer(moving.recv().result.outputs.data, "<f4").reshape(10, -1))
+        a.process.send_signal(signal.SIGTERM)
+        warnings = [moving.recv(), staying.recv()]
+        assert all(w.WhichOneof("message") == "draining" for w in warnings)
+        draining = warnings[0].draining
+        assert draining.resume_token and draining.last_sequence_number == 2 and 0 < draining.time_left_s <= 1
+        assert warnings[1].draining.last_sequence_number == -1
+        # the stream that stays past the grace gets a last token, then UNAVAILABLE
+        last = staying.recv()
+        assert last.draining.closing and last.draining.resume_token
+        with pytest.raises(StatusError) as info:
+            list(staying.responses())
+        assert info.value.code.name == "UNAVAILABLE"
+        moving.cancel()
+    with b.client() as cb:
+        moved = cb.stream("lstm", chunks[3:], resume_token=bytes(draining.resume_token))
+    assert moved.started.next_sequence_number == 3 and moved.frame_offset == 30
+    np.testing.assert_allclose(np.concatenate([*rows, moved.outputs]), whole, atol=1e-6)

@@ -345,12 +345,26 @@ class Final(_message.Message):
     resume_token: bytes
     def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[int] = ..., chunks: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., audio_seconds: _Optional[float] = ..., resume_token: _Optional[bytes] = ...) -> None: ...
 
+class Draining(_message.Message):
+    __slots__ = ("time_left_s", "resume_token", "last_sequence_number", "closing")
+    TIME_LEFT_S_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_FIELD_NUMBER: _ClassVar[int]
+    time_left_s: float
+    resume_token: bytes
+    last_sequence_number: int
+    closing: bool
+    def __init__(self, time_left_s: _Optional[float] = ..., resume_token: _Optional[bytes] = ..., last_sequence_number: _Optional[int] = ..., closing: _Optional[bool] = ...) -> None: ...
+
 class StreamResponse(_message.Message):
-    __slots__ = ("started", "result", "final")
+    __slots__ = ("started", "result", "final", "draining")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     started: Started
     result: Result
     final: Final
-    def __init__(self, started: _Optional[_Union[Started, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
+    draining: Draining
+    def __init__(self, started: _Optional[_Union[Started, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ...) -> None: ...

@@ -120,6 +120,8 @@ class InferenceServicer:
         which a later stream resumes exactly.
         - After `final` the server waits for the client to half-close; any message sent
         after `end` is INVALID_ARGUMENT.
+        - On shutdown the server sends `draining` (see Draining) at any point after
+        `started`, and the stream goes on until the grace ends.
 
         Disconnects and errors: when the stream ends without `end` (the client
         half-closes, cancels, disconnects, its deadline passes, or the server

@@ -20,6 +20,7 @@ from lstm_serve.domain import (
     PredictInput,
     PredictOutput,
     StreamConfig,
+    StreamDraining,
     StreamEnd,
     StreamFinal,
     StreamMessage,
@@ -222,6 +223,13 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
                 frame_offset=reply.frame_offset,
                 resumed=reply.resumed,
                 resume_token=reply.resume_token,
+            )
+        )
+    if isinstance(reply, StreamDraining):
+        return pb.StreamResponse(
+            draining=pb.Draining(
+                time_left_s=reply.time_left_s, resume_token=reply.resume_token,
+                last_sequence_number=reply.last_sequence_number, closing=reply.closing,
             )
         )
     final = reply
