@@ -102,11 +102,17 @@ def cmd_predict(client: LstmClient, args: argparse.Namespace) -> int:
     seqs, batched = load_features(Path(args.input))
     payload: np.ndarray | list[np.ndarray] = seqs if batched else seqs[0]
     result = client.predict(
-        args.name, payload, version=args.version, session_id=args.session_id or "", end_session=args.end_session
+        args.name, payload, version=args.version, session_id=args.session_id or "", end_session=args.end_session,
+        frame_offset=args.frame_offset, resume_token=_token_in(args), return_token=bool(args.token_out),
     )
-    document = {"model": result.model, "version": result.version, "outputs": _rows(result.outputs, batched)}
+    _token_out(args, result.resume_token)
+    document: dict[str, Any] = {
+        "model": result.model, "version": result.version, "outputs": _rows(result.outputs, batched)
+    }
     if result.session_id:
         document["session_id"] = result.session_id
+        document["frame_offset"] = result.frame_offset
+        document["replayed"] = result.replayed
     text_lines = [f"model {result.model} version {result.version}"]
     for i, out in enumerate(result.outputs):
         last = out[-1] if out.ndim == 2 else out
@@ -132,17 +138,28 @@ def cmd_stream(client: LstmClient, args: argparse.Namespace) -> int:
     pace = step / meta["frame_rate_hz"] if args.realtime and meta["frame_rate_hz"] else 0.0
     result = client.stream(
         args.name, chunks, version=args.version, session_id=args.session_id or "", pace_s=pace,
-        keep_session=args.keep_session,
+        keep_session=args.keep_session, **_resume_options(args),
     )
+    _token_out(args, result.resume_token)
     outputs = result.outputs
     document = {
         "model": result.model, "version": result.version, "session_id": result.session_id,
         "resumed": result.resumed, "frame_offset": result.frame_offset,
-        "outputs": outputs.tolist(), "frames": result.frames,
+        "outputs": outputs.tolist(), "frames": result.frames, "resumes": result.resumes,
     }
     _emit(args, document, f"session {result.session_id}{_resumed_note(result)}: {result.frames} frames in "
           f"{len(chunks)} chunks, output shape {list(outputs.shape)}")
     return 0
+
+
+def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
+    # --token-out needs a token at the end: with keep_session the server puts one in final.
+    return {
+        "resume_token": _token_in(args),
+        "token_every": args.token_every,
+        "auto_resume": args.auto_resume,
+        "retry_for_s": args.timeout,
+    }
 
 
 def _resumed_note(result: StreamResult) -> str:
@@ -168,8 +185,9 @@ def _stream_audio(client: LstmClient, args: argparse.Namespace) -> int:
     result = client.stream(
         args.name, chunks, version=args.version, audio=(wav.encoding, wav.sample_rate_hz),
         pace_s=args.chunk_ms / 1000 if args.realtime else 0.0, on_response=show,
-        session_id=args.session_id or "", keep_session=args.keep_session,
+        session_id=args.session_id or "", keep_session=args.keep_session, **_resume_options(args),
     )
+    _token_out(args, result.resume_token)
     elapsed = time.monotonic() - started
     events = [event_dict(e) for e in result.events]
     for e in events:
@@ -178,11 +196,35 @@ def _stream_audio(client: LstmClient, args: argparse.Namespace) -> int:
         "model": result.model, "version": result.version, "session_id": result.session_id,
         "resumed": result.resumed, "frame_offset": result.frame_offset, "events": events,
         "frames": result.frames, "audio_seconds": round(wav.seconds, 3), "elapsed_s": round(elapsed, 3),
+        "resumes": result.resumes,
     }
     summary = (f"{len(events)} event(s), {result.frames} frames{_resumed_note(result)}, "
                f"{wav.seconds:.2f} s of audio in {elapsed:.2f} s")
     _emit(args, document, summary)
     return 0
+
+
+def add_token_flags(p: argparse.ArgumentParser) -> None:
+    """--token-in and --token-out (they may name the same file: read first, then replaced)."""
+    p.add_argument("--token-in", metavar="FILE", help="continue the session sealed in this resume-token file")
+    p.add_argument("--token-out", metavar="FILE", help="write the session's resume token after the call here")
+
+
+def _token_in(args: argparse.Namespace) -> bytes:
+    if not args.token_in:
+        return b""
+    try:
+        return Path(args.token_in).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--token-in: {exc}") from exc
+
+
+def _token_out(args: argparse.Namespace, token: bytes) -> None:
+    if not args.token_out:
+        return
+    if not token:
+        raise UsageError("--token-out: the server sent no resume token (does it have token keys?)")
+    Path(args.token_out).write_bytes(token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="")
     p.add_argument("--session-id", help="continue (or create) this server-side session")
     p.add_argument("--end-session", action="store_true", help="delete the session after this call")
+    p.add_argument("--frame-offset", type=int, help="the session frame this call continues from: 0 starts the "
+                   "session, N continues it only at N, and a retry of the previous call is replayed "
+                   '("replayed": true); safe to retry')
+    add_token_flags(p)
     p.set_defaults(func=cmd_predict)
     p = add("stream", "stream a feature file in chunks, or a WAV file as audio, through StreamPredict")
     p.add_argument("name")
@@ -227,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "session's next chunk and frame (frame_offset in --json)")
     p.add_argument("--keep-session", action="store_true", help="keep the session's state after the stream "
                    "(for --input and --wav), so a later call with the same --session-id resumes it")
+    p.add_argument("--auto-resume", action="store_true", help="survive the server: on draining or a broken "
+                   "stream, resume on a fresh channel (another replica) from the newest token and resend "
+                   "the chunks after it; needs a server with token keys")
+    p.add_argument("--token-every", type=int, default=0, metavar="N",
+                   help="ask for a resume token every N chunks (default 10 with --auto-resume, else none)")
+    add_token_flags(p)
     p.set_defaults(func=cmd_stream)
     from lstm_client.bench import add_bench_parser
 

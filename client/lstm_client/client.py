@@ -131,6 +131,8 @@ class StreamResult:
     started: pb.Started
     results: list[pb.Result] = field(default_factory=list)
     final: pb.Final | None = None
+    resumes: int = 0
+    """How many times an auto-resuming stream moved to a fresh channel."""
 
     @property
     def resume_token(self) -> bytes:
@@ -256,6 +258,8 @@ class LstmClient:
         """
         self.target = target
         self.timeout = timeout
+        self._max_message_bytes = max_message_bytes
+        self._options = tuple(options)
         self.channel = grpc.insecure_channel(
             target,
             options=[
@@ -270,6 +274,10 @@ class LstmClient:
     def close(self) -> None:
         """Close the channel."""
         self.channel.close()
+
+    def reconnect(self) -> LstmClient:
+        """A new client on a fresh channel to the same target (it may reach another replica)."""
+        return LstmClient(self.target, self.timeout, self._max_message_bytes, self._options)
 
     def __enter__(self) -> LstmClient:
         return self
@@ -398,6 +406,8 @@ class LstmClient:
         first_sequence_number: int | None = None,
         resume_token: bytes = b"",
         token_every: int = 0,
+        auto_resume: bool = False,
+        retry_for_s: float = 20.0,
         pace_s: float = 0.0,
         on_response: Any = None,
         timeout: float | None = None,
@@ -425,6 +435,12 @@ class LstmClient:
         different number. A ``duplicate`` result, which this numbering should never
         draw, cancels the stream and raises :class:`StreamProtocolError` (ABORTED)
         instead of silently losing that chunk's rows.
+
+        ``auto_resume`` (needs a server with token keys) asks for a token every
+        ``token_every`` chunks (10 by default) and, on ``draining`` or a broken stream,
+        resumes on a fresh channel to the same target from the newest token, resending
+        the chunks after it, for up to ``retry_for_s`` seconds; ``result.resumes`` counts
+        the moves. See :mod:`lstm_client.resume`.
         """
         config = pb.StreamConfig(
             model=pb.ModelRef(name=name, version=version), session_id=session_id, must_exist=must_exist,
@@ -436,6 +452,14 @@ class LstmClient:
         if frame_outputs is not None:
             config.output.frame_outputs = frame_outputs
         config.output.return_state = return_state
+        if auto_resume:
+            from lstm_client.resume import stream_with_resume
+
+            config.token_every = token_every or 10
+            return stream_with_resume(
+                self.reconnect, config, list(chunks), keep_session=keep_session, pace_s=pace_s,
+                retry_for_s=retry_for_s, on_response=on_response,
+            )
         # gRPC drains requests() on its own thread; the response loop hands it the first
         # sequence number, or None when the stream is over before it started.
         first_number: queue.Queue[int | None] = queue.Queue(maxsize=1)
