@@ -170,8 +170,9 @@ class StreamResult:
 
     @property
     def events(self) -> list[pb.Event]:
-        """Final events (from ``final`` when the stream ended normally)."""
-        if self.final is not None:
+        """Final events (from ``final`` when one stream ended normally; merged from
+        every attempt's results when the stream resumed elsewhere)."""
+        if self.final is not None and not self.resumes:
             return list(self.final.events)
         return [e for r in self.results for e in r.events if e.is_final]
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from lstm_client import LstmClient
+from lstm_client.wav import read_wav
 from lstm_serve.tokens import write_key_file
 from tests.conftest import FixtureModels
-from tests.harness import FEATURE_DIM, ServerHandle, metric_sum, scrape, start_server, wait_until
+from tests.harness import FEATURE_DIM, REPO, ServerHandle, metric_sum, scrape, start_server, wait_until
 
 
 def _kill_when(server: ServerHandle, how: signal.Signals, after_results: int, seen: list[int]) -> threading.Thread:
@@ -111,3 +112,32 @@ def test_cli_predict_carries_the_session_in_a_token_file(fixture_models: Fixture
     got = np.concatenate([np.array(first["outputs"]), np.array(second["outputs"])])
     np.testing.assert_allclose(got, whole, atol=1e-5)
     assert token.stat().st_size > 0
+
+
+def test_kws_demo_cut_mid_keyword_gives_the_same_events(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    write_key_file(keys)
+    env = {"LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE": str(keys), "LSTM_SERVE_SERVER__GRACE_PERIOD_S": "1"}
+    wav = read_wav(REPO / "demo" / "demo1.wav")
+    chunks = wav.chunks(100)
+    fmt = (wav.encoding, wav.sample_rate_hz)
+    truth = json.loads((REPO / "demo" / "demo1.json").read_text())
+    with start_server(REPO / "models", env=env) as a, start_server(REPO / "models", env=env) as b:
+        with b.client() as reference:
+            whole = reference.stream("kws", chunks, audio=fmt).events
+        seen: list[int] = []
+
+        def count(response: object) -> None:
+            if response.WhichOneof("message") == "result":  # type: ignore[attr-defined]
+                seen.append(1)
+
+        # cut inside the second keyword
+        cut = int(truth["keywords"][1]["start_s"] * 10) + 2
+        killer = _kill_when(a, signal.SIGTERM, cut, seen)
+        with LstmClient(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}") as client:
+            result = client.stream("kws", chunks, audio=fmt, auto_resume=True, pace_s=0.1, on_response=count)
+        killer.join()
+    assert result.resumes >= 1
+    assert [e.label for e in result.events] == [e.label for e in whole]
+    for got, want in zip(result.events, whole, strict=True):
+        assert abs(got.start_s - want.start_s) <= 0.0101 and abs(got.end_s - want.end_s) <= 0.0101
