@@ -79,6 +79,10 @@ class Overloaded(ServeError):
     """A bounded resource is full: the session cap, the batch queue or a rate limit."""
 
 
+class StoreUnavailable(ServeError):
+    """The shared session store did not answer in time; nothing was changed."""
+
+
 class Draining(ServeError):
     """The server is shutting down and accepts no new work."""
 

@@ -47,7 +47,7 @@ class DomainFacade:
         self.settings = settings
         self.metrics = metrics
         self.store = store
-        self.sessions = SessionRegistry(store, metrics)
+        self.sessions = SessionRegistry(store, metrics, settings.sessions.lease_s)
         self.admission = Admission()
         self._executor = executor
         self._batchers = batchers

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-sessions", type=int, help="session cap [LSTM_SERVE_SESSIONS__MAX_SESSIONS, default 10000]")
     p.add_argument(
+        "--session-store",
+        metavar="URL",
+        help="shared session store, redis://HOST:PORT/DB or rediss:// "
+        "[LSTM_SERVE_SESSIONS__STORE_URL, default: in memory, per process]",
+    )
+    p.add_argument(
         "--token-keys",
         metavar="FILE",
         help="resume-token key file; `lstm-serve keygen FILE` writes one "
@@ -117,6 +123,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("sessions", "ttl_s"): args.session_ttl,
         ("sessions", "max_sessions"): args.max_sessions,
         ("sessions", "token_keys_file"): args.token_keys,
+        ("sessions", "store_url"): args.session_store,
     }
     for (group, field), value in overrides.items():
         if value is not None:

@@ -156,6 +156,29 @@ class Metrics:
             ["model", "version", "closing"],
             registry=r,
         )
+        self.store_latency = Histogram(
+            f"{PREFIX}_store_op_seconds",
+            "Duration of one shared session store operation, by op.",
+            ["op"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            f"{PREFIX}_store_errors_total",
+            "Shared session store operations that failed or timed out, by op and kind.",
+            ["op", "kind"],
+            registry=r,
+        )
+        self.lease_conflicts = Counter(
+            f"{PREFIX}_lease_conflicts_total",
+            "Sessions refused because another replica holds their lease.",
+            registry=r,
+        )
+        self.fencing_rejections = Counter(
+            f"{PREFIX}_fencing_rejections_total",
+            "Writes refused because the stored version had moved on (a stale writer).",
+            registry=r,
+        )
         self.stream_lag = Histogram(
             f"{PREFIX}_stream_lag_seconds",
             "How far an audio stream trails real time after each chunk: wall time since its "

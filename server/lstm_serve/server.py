@@ -23,9 +23,10 @@ from lstm_serve.batching import build_batchers
 from lstm_serve.facade import DomainFacade
 from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
 from lstm_serve.providers import choose_providers
+from lstm_serve.redis_store import RedisSessionStore, SnapshotCodec
 from lstm_serve.repository import ModelRepository
 from lstm_serve.resume import ResumeTokens
-from lstm_serve.sessions import InMemorySessionStore
+from lstm_serve.sessions import InMemorySessionStore, SessionStore
 from lstm_serve.settings import Settings
 from lstm_serve.tokens import TokenSealer, load_keys
 from lstm_serve.transport import lstmserve_v1
@@ -39,6 +40,9 @@ FINAL_SEND_GRACE_S = 1.0
 
 APIS: tuple[ApiService, ...] = (lstmserve_v1.API,)
 """Every API served on the gRPC port, over the same domain."""
+
+STORE_HEALTH_NAME = "lstmserve.sessions.store"
+"""Health of the shared session store; stateless work stays SERVING without it."""
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -57,6 +61,7 @@ class LstmServer:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.domain: DomainFacade | None = None
         self._stopped = asyncio.Event()
+        self._redis: RedisSessionStore | None = None
 
     async def start(self) -> None:
         """Load the models and start serving."""
@@ -80,7 +85,7 @@ class LstmServer:
             if entry.runtime is not None:
                 in_use = ",".join(entry.runtime.providers)
                 self.metrics.providers.labels(entry.name, entry.version, in_use).set(1)
-        store = InMemorySessionStore(s.sessions.ttl_s, s.sessions.max_sessions, self.metrics)
+        store = self._build_store(repository)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         batchers = build_batchers(repository, executor, self.metrics, s.batching)
         sealer = None
@@ -123,6 +128,22 @@ class LstmServer:
             sum(1 for e in repository if e.ready), s.server.host, self.port, self.metrics_port,
         )
 
+    def _build_store(self, repository: ModelRepository) -> SessionStore:
+        sessions = self.settings.sessions
+        if not sessions.store_url:
+            return InMemorySessionStore(sessions.ttl_s, sessions.max_sessions, self.metrics)
+        password = None
+        if sessions.store_password_file:
+            password = Path(sessions.store_password_file).read_text().strip()
+        store = RedisSessionStore(
+            sessions.store_url, SnapshotCodec(repository, sessions.ttl_s), self.metrics,
+            ttl_s=sessions.ttl_s, max_sessions=sessions.max_sessions, lease_s=sessions.lease_s,
+            op_timeout_s=sessions.store_op_timeout_s, password=password,
+        )
+        log.info("session store: %s", sessions.store_url.split("@")[-1])
+        self._redis = store
+        return store
+
     async def _set_health(self, repository: ModelRepository) -> None:
         for name in repository.entries:
             serving = any(e.ready for e in repository.entries[name].values())
@@ -133,6 +154,9 @@ class LstmServer:
         for api in APIS:
             await self._health.set(api.name, SERVING)
         await self._health.set("", SERVING)
+        if self._redis is not None:
+            serving = await self._redis.ping()
+            await self._health.set(STORE_HEALTH_NAME, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: NOT_SERVING, refuse new work, let in-flight work finish."""
@@ -149,6 +173,8 @@ class LstmServer:
                 log.warning("calls still in flight after the grace; cancelling them")
         await self._server.stop(FINAL_SEND_GRACE_S)
         await self.domain.close()
+        if self._redis is not None:
+            await self._redis.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
         self._server = None

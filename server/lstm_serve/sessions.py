@@ -18,6 +18,8 @@ session: the committed state stays in the store until its idle TTL runs out.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from typing import Literal, Protocol
 
 from lstm_serve.audio import AudioPipeline
 from lstm_serve.domain import AudioFormat, ModelRef
-from lstm_serve.errors import Overloaded, SessionConflict, SessionNotFound, echo
+from lstm_serve.errors import Overloaded, ServeError, SessionConflict, SessionNotFound, echo
 from lstm_serve.events import KeywordSpotter
 from lstm_serve.metrics import Metrics
 from lstm_serve.state import SessionState, now_ms
@@ -74,6 +76,15 @@ class SessionStore(Protocol):
 
     async def was_expired(self, session_id: str) -> bool:
         """True when the id belonged to a session that expired recently."""
+
+    async def acquire_lease(self, session_id: str, holder: str) -> None:
+        """Own the session across processes (FAILED_PRECONDITION when another does)."""
+
+    async def renew_lease(self, session_id: str, holder: str) -> bool:
+        """Extend the lease; False when it was lost."""
+
+    async def release_lease(self, session_id: str, holder: str) -> None:
+        """Give the lease up."""
 
 
 RECENTLY_EXPIRED_KEPT = 10_000
@@ -164,6 +175,16 @@ class InMemorySessionStore:
         """True when the id belonged to a session that expired recently."""
         return session_id in self._recently_expired
 
+    async def acquire_lease(self, session_id: str, holder: str) -> None:
+        """One process owns every session of its own store: holds are enough."""
+
+    async def renew_lease(self, session_id: str, holder: str) -> bool:
+        """Always held."""
+        return True
+
+    async def release_lease(self, session_id: str, holder: str) -> None:
+        """Nothing to give up."""
+
 
 @dataclass(eq=False)
 class LiveSession:
@@ -184,6 +205,8 @@ class LiveSession:
     """The audio format of the stream attached, for a front-end not yet committed."""
     spot_events: bool = True
     """Whether the attached stream asked for keyword events."""
+    renewal: asyncio.Task[None] | None = None
+    """Renews the store lease while a stream is attached."""
 
     @property
     def model(self) -> ModelRef:
@@ -199,10 +222,13 @@ class LiveSession:
 class SessionRegistry:
     """Opens, holds and closes sessions against a store."""
 
-    def __init__(self, store: SessionStore, metrics: Metrics) -> None:
+    def __init__(self, store: SessionStore, metrics: Metrics, lease_s: float = 10.0) -> None:
         self.store = store
         self._live: dict[str, LiveSession] = {}
         self._metrics = metrics
+        self._lease_s = lease_s
+        self.holder = f"{socket.gethostname()}/{os.getpid()}"
+        """This process's name in the leases it holds."""
 
     def held(self, session_id: str) -> bool:
         """True while this process holds the session."""
@@ -225,10 +251,42 @@ class SessionRegistry:
         allowed, but a session in use is never taken over). Returns the live session
         and whether it existed before. The caller must :meth:`close` it with the same
         ``stream``."""
+        session_id = restore.session_id if restore is not None else (session_id or uuid.uuid4().hex)
+        leased = session_id not in self._live
+        if leased:
+            await self.store.acquire_lease(session_id, self.holder)
+        try:
+            live, existed = await self._open(session_id, fresh, requested_version, mode, stream, restore)
+        except BaseException:
+            if leased and session_id not in self._live:
+                await self.store.release_lease(session_id, self.holder)
+            raise
+        if stream and live.renewal is None:
+            live.renewal = asyncio.get_running_loop().create_task(self._renew(live), name=f"lease-{live.id[:16]}")
+        return live, existed
+
+    async def _renew(self, live: LiveSession) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                if not await self.store.renew_lease(live.id, self.holder):
+                    return
+            except ServeError:
+                continue
+
+    async def _open(
+        self,
+        session_id: str,
+        fresh: Callable[[str], SessionState],
+        requested_version: str,
+        mode: OpenMode,
+        stream: bool,
+        restore: SessionState | None,
+    ) -> tuple[LiveSession, bool]:
         if restore is not None:
             return await self._restore(restore, stream), True
-        live = self._live.get(session_id) if session_id else None
-        state = live.state if live is not None else (await self.store.get(session_id) if session_id else None)
+        live = self._live.get(session_id)
+        state = live.state if live is not None else await self.store.get(session_id)
         if state is not None and mode == "create":
             raise SessionConflict(f"session_id: session '{echo(session_id)}' exists already")
         if state is not None and mode == "restart":
@@ -249,7 +307,7 @@ class SessionRegistry:
                     "it with a resume_token, route the call by session id to the replica that holds it, "
                     "or start a new session (frame_offset 0, or without must_exist)"
                 )
-            new = fresh(session_id or uuid.uuid4().hex)
+            new = fresh(session_id)
             if new.session_id in self._live:
                 raise self._conflict(self._live[new.session_id])
             stored = await self.store.create(new)
@@ -309,6 +367,9 @@ class SessionRegistry:
         committed state stays in the store."""
         if stream:
             live.stream_attached = False
+            if live.renewal is not None:
+                live.renewal.cancel()
+                live.renewal = None
         else:
             live.predict_holds -= 1
         self._metrics.sessions_active.labels(live.model.name, live.model.version).dec()
@@ -316,10 +377,14 @@ class SessionRegistry:
             return
         current = self._live.get(live.id) is live
         self._drop_if_idle(live)
-        if delete and current:
-            await self.store.delete(live.id, "ended")
-        elif current:
-            await self._touch(live)
+        try:
+            if delete and current:
+                await self.store.delete(live.id, "ended")
+            elif current:
+                await self._touch(live)
+        finally:
+            if current:
+                await self.store.release_lease(live.id, self.holder)
 
     async def _touch(self, live: LiveSession) -> None:
         """Restart the idle clock of a session that was only read, not advanced."""

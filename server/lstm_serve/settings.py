@@ -71,6 +71,21 @@ class SessionSettings(BaseModel):
     """Largest number of feature frames in one stream chunk or one Predict sequence
     row; larger ones get RESOURCE_EXHAUSTED."""
 
+    store_url: str = ""
+    """Shared session store: ``redis://HOST:PORT/DB`` or ``rediss://`` (TLS). Any replica
+    or worker then continues any session. Empty: in-memory, per process."""
+
+    store_password_file: str = ""
+    """A file holding the store's password (e.g. a mounted Secret). Empty: none, or the URL's."""
+
+    lease_s: float = Field(10.0, gt=0)
+    """With a shared store: how long a process owns a session it uses; a stream renews it
+    while attached. A dead process's sessions are free after this."""
+
+    store_op_timeout_s: float = Field(1.0, gt=0)
+    """With a shared store: the longest one store operation may take before the call
+    gets UNAVAILABLE ("session store unavailable")."""
+
     token_keys_file: str = ""
     """JSON key file for resume tokens (``lstm-serve keygen FILE`` writes one). The
     first key seals, every key opens. Empty: tokens are off."""
