@@ -52,6 +52,20 @@ class StreamProtocolError(StatusError):
     """
 
 
+SESSION_HEADER = "x-session-id"
+"""Request metadata that carries the session id, so that proxies (Envoy, Istio) can
+route a session's calls to one replica by hashing it. The body stays authoritative."""
+
+MAX_SESSION_HEADER_BYTES = 1024
+
+
+def session_metadata(session_id: str) -> tuple[tuple[str, str], ...]:
+    """The routing header for ``session_id`` (none for long or non-ASCII ids)."""
+    if not session_id or len(session_id) > MAX_SESSION_HEADER_BYTES or not session_id.isascii():
+        return ()
+    return ((SESSION_HEADER, session_id),)
+
+
 def to_tensor(array: np.ndarray) -> pb.Tensor:
     """Pack an array as a float32 Tensor."""
     data = np.ascontiguousarray(array, dtype=FLOAT32)
@@ -286,9 +300,11 @@ class LstmClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _call(
+        self, method: Any, request: Any, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = ()
+    ) -> Any:
         try:
-            return method(request, timeout=timeout if timeout is not None else self.timeout)
+            return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise StatusError.from_rpc(exc) from None
 
@@ -371,7 +387,7 @@ class LstmClient:
             request.lengths.extend(s.shape[0] for s in seqs)
         for state_name, value in (initial_states or {}).items():
             request.initial_states.append(pb.NamedTensor(name=state_name, tensor=to_tensor(value)))
-        response = self._call(self.stub.Predict, request, timeout)
+        response = self._call(self.stub.Predict, request, timeout, session_metadata(session_id))
         out = to_array(response.outputs)
         batched = isinstance(sequences, list | tuple) or (isinstance(sequences, np.ndarray) and sequences.ndim == 3)
         rows = list(out) if batched else [out]
@@ -486,7 +502,7 @@ class LstmClient:
             yield pb.StreamRequest(end=pb.End(keep_session=keep_session))
 
         result: StreamResult | None = None
-        call = self.stub.StreamPredict(requests(), timeout=timeout)
+        call = self.stub.StreamPredict(requests(), timeout=timeout, metadata=session_metadata(session_id))
         try:
             for response in call:
                 if on_response is not None:

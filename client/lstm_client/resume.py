@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from lstm_client.client import LstmClient, StatusError, StreamResult, to_tensor
+from lstm_client.client import LstmClient, StatusError, StreamResult, session_metadata, to_tensor
 from lstmserve.v1 import inference_pb2 as pb
 
 RETRIED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
@@ -130,7 +130,7 @@ def _attempt(
             yield pb.StreamRequest(chunk=msg)
         yield pb.StreamRequest(end=pb.End(keep_session=keep_session))
 
-    call = client.stub.StreamPredict(requests())
+    call = client.stub.StreamPredict(requests(), metadata=session_metadata(config.session_id))
     try:
         for response in call:
             if on_response is not None:
