@@ -181,3 +181,46 @@ def _expired(client: object) -> bool:
         assert exc.code.name == "NOT_FOUND"
         return "expired" in exc.details
     return False
+
+
+def test_a_paused_writer_past_its_lease_is_fenced(
+    fixture_models: FixtureModels, store: tuple[object, int], replicas: tuple[ServerHandle, ServerHandle]
+) -> None:
+    x = _x(30, 7)
+    chunks = [x[i : i + 10] for i in range(0, 30, 10)]
+    _, b = replicas
+    env = _env(store[1], LSTM_SERVE_SESSIONS__LEASE_S="1")
+    with start_server(fixture_models.root, env=env) as a, a.client() as ca:
+        call = ca.open_stream()
+        call.config(model={"name": "lstm"}, session_id="fenced")
+        call.recv()
+        call.chunk(0, chunks[0])
+        call.recv()
+        a.process.send_signal(signal.SIGSTOP)
+        try:
+            with b.client() as cb:
+                assert wait_until(lambda: _takes_over(cb), timeout=5)
+                moved_on = cb.stream("lstm", [chunks[1]], session_id="fenced", must_exist=True, keep_session=True)
+            assert moved_on.frame_offset == 10
+        finally:
+            a.process.send_signal(signal.SIGCONT)
+        call.chunk(1, chunks[2])  # the stale copy on A tries to advance from frame 10
+        with pytest.raises(StatusError) as info:
+            call.recv()
+    assert info.value.code.name == "FAILED_PRECONDITION" and "changed meanwhile" in info.value.details
+    with b.client() as cb:
+        rest = cb.predict("lstm", chunks[2], session_id="fenced", frame_offset=20)
+        whole = cb.predict("lstm", x).outputs[0]
+    np.testing.assert_allclose(rest.outputs[0], whole[20:], atol=1e-5)
+
+
+def _takes_over(client: object) -> bool:
+    try:
+        client.predict("lstm", _x(1, 8), session_id="fenced-probe")  # type: ignore[attr-defined]
+        call = client.open_stream()  # type: ignore[attr-defined]
+        call.config(model={"name": "lstm"}, session_id="fenced", must_exist=True)
+        call.close()
+        list(call.responses())
+    except StatusError as exc:
+        return exc.code.name != "FAILED_PRECONDITION"
+    return True
