@@ -45,7 +45,8 @@ def test_sensor_model_accuracy(name: str, dataset: str, floor: float, states: in
 
 @pytest.mark.slow
 def test_kws_model_clip_accuracy_and_event_f1() -> None:
-    from lstm_train.kws import evaluate_package, test_set
+    from lstm_train.kws_score import evaluate_package
+    from lstm_train.kws_sets import test_set
 
     package = MODELS / "kws" / "1"
     manifest = load_manifest(package)

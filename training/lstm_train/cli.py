@@ -52,9 +52,9 @@ recorded in the manifest's provenance and in report.md next to model.onnx.
 
 def _recipe(name: str) -> Callable[[RunOptions], dict[str, Any]]:
     if name == "kws":
-        from lstm_train import kws
+        from lstm_train import kws_recipe
 
-        return kws.run
+        return kws_recipe.run
     if name == "forecast":
         from lstm_train import forecast
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lstm-train`` console script."""
     args = _parser().parse_args(argv)
     if args.recipe == "demo":
-        from lstm_train.kws import write_demo
+        from lstm_train.kws_demo import write_demo
 
         index = write_demo(args.model, args.out, args.count)
         print(json.dumps({"demos": index}, indent=2))

@@ -6,7 +6,8 @@ and GRU ops with dynamic batch and time axes. After export it checks the graph's
 input shapes, and runs the three parity checks of DESIGN §3.2, failing above
 ``tolerance``:
 
-- ``ort_vs_torch``: onnxruntime against PyTorch on whole sequences;
+- ``ort_vs_torch``: onnxruntime (the server's :class:`~lstm_serve.runtime.ModelRuntime`)
+  against PyTorch on whole sequences;
 - ``chunked_vs_whole``: the sequence cut into chunks with the state carried, against
   the whole sequence (causal models only);
 - ``batch_vs_single``: a batch against each sequence alone.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+import onnx
 import torch
 
 from lstm_serve.manifest import (
@@ -43,8 +44,8 @@ from lstm_serve.manifest import (
     OutputSpec,
     Provenance,
     StatePair,
-    check_against_graph,
 )
+from lstm_serve.runtime import ModelRuntime
 from lstm_train.model import RecurrentNet
 
 OPSET = 17
@@ -147,29 +148,22 @@ def _export_onnx(net: RecurrentNet, path: Path) -> None:
         )
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _check_dynamic_axes(sess: ort.InferenceSession) -> None:
-    for arg in sess.get_inputs():
-        shape = list(arg.shape)
+def _check_dynamic_axes(path: Path) -> None:
+    for arg in onnx.load(str(path), load_external_data=False).graph.input:
+        dims = arg.type.tensor_type.shape.dim
         dynamic = [0, 1] if arg.name == "x" else [1]
         for axis in dynamic:
-            if isinstance(shape[axis], int):
+            if dims[axis].HasField("dim_value"):
                 raise ExportError(
-                    f"input '{arg.name}' axis {axis} is fixed to {shape[axis]} after export; "
-                    "expected a dynamic axis"
+                    f"input '{arg.name}' axis {axis} is fixed to {dims[axis].dim_value} after "
+                    "export; expected a dynamic axis"
                 )
 
 
-def _ort_run(
-    sess: ort.InferenceSession, x: np.ndarray, states: list[np.ndarray], names: list[str]
-) -> list[np.ndarray]:
-    feeds = {"x": x, **{f"{n}0": s for n, s in zip(names, states, strict=True)}}
-    return list(sess.run(None, feeds))
+def _run(runtime: ModelRuntime, x: np.ndarray, states: list[np.ndarray]) -> list[np.ndarray]:
+    """The output followed by the new states, in manifest order."""
+    y, new_states = runtime.run(x, states)
+    return [y, *new_states]
 
 
 def _diff(got: np.ndarray, ref: np.ndarray) -> float:
@@ -185,12 +179,14 @@ def _diff(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 def parity_checks(
-    net: RecurrentNet, sess: ort.InferenceSession, seed: int = 0, frames: int = 37
+    net: RecurrentNet, runtime: ModelRuntime, seed: int = 0, frames: int = 37
 ) -> dict[str, float]:
     """Run the three parity checks on random inputs; returns the largest
     difference per check over the output and every state (see :func:`_diff`)."""
     cfg = net.config
     names = cfg.state_names
+    if [s.input for s in runtime.manifest.states] != [f"{n}0" for n in names]:
+        raise ExportError(f"manifest states {runtime.manifest.states} do not match {names}")
     rng = np.random.default_rng(seed)
     mean = np.asarray(cfg.mean or [0.0] * cfg.input_dim, dtype=np.float32)
     std = np.asarray(cfg.std or [1.0] * cfg.input_dim, dtype=np.float32)
@@ -199,10 +195,10 @@ def parity_checks(
     zeros = [s.numpy() for s in net.zero_states(batch)]
     with torch.no_grad():
         ref = [t.numpy() for t in net(torch.from_numpy(x), *map(torch.from_numpy, zeros))]
-    got = _ort_run(sess, x, zeros, names)
+    got = _run(runtime, x, zeros)
     figures = {"ort_vs_torch": max(_diff(a, b) for a, b in zip(got, ref, strict=True))}
 
-    singles = [_ort_run(sess, x[i : i + 1], [z[:, :1] for z in zeros], names) for i in range(batch)]
+    singles = [_run(runtime, x[i : i + 1], [z[:, :1] for z in zeros]) for i in range(batch)]
     batch_diff = 0.0
     for i, single in enumerate(singles):
         batch_diff = max(batch_diff, _diff(single[0][0], got[0][i]))
@@ -216,7 +212,7 @@ def parity_checks(
     states = [z[:, :1] for z in zeros]
     pieces = []
     for start, stop in itertools.pairwise(cuts):
-        out = _ort_run(sess, x[:1, start:stop], states, names)
+        out = _run(runtime, x[:1, start:stop], states)
         pieces.append(out[0])
         states = out[1:]
     if cfg.head == "per_frame":
@@ -251,9 +247,12 @@ def export_package(
         work.mkdir()
         onnx_path = work / MODEL_FILE
         _export_onnx(net, onnx_path)
-        sess = _session(onnx_path)
-        _check_dynamic_axes(sess)
-        figures = parity_checks(net, sess)
+        _check_dynamic_axes(onnx_path)
+        # The graph runs in the server's own runtime, loaded with the manifest as built
+        # so far (its tensors are final; only the provenance grows below). Loading it
+        # checks the manifest against the graph's inputs and outputs.
+        runtime = ModelRuntime(manifest, work, ["CPUExecutionProvider"])
+        figures = parity_checks(net, runtime)
         worst = max(figures.values())
         if worst > tolerance:
             raise ExportError(f"parity check failed: {figures} (tolerance {tolerance})")
@@ -264,7 +263,6 @@ def export_package(
             parity=figures,
         )
         final = manifest.model_copy(update={"provenance": Provenance(**provenance)})
-        check_against_graph(final, work, sess.get_inputs(), sess.get_outputs())
         (work / MANIFEST_FILE).write_text(
             json.dumps(final.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
         )

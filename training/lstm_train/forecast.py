@@ -45,10 +45,11 @@ from lstm_train.report import REPORT_JSON, REPORT_MD, write_reports
 from lstm_train.train import (
     Batch,
     History,
-    OrtPackage,
     RunOptions,
     fit,
+    load_runtime,
     package_size_bytes,
+    run_whole,
     seed_everything,
     set_threads,
 )
@@ -151,15 +152,15 @@ def stream_package(package: Path, x: np.ndarray, chunk: int = STREAM_CHUNK
                    ) -> tuple[np.ndarray, float]:
     """Forecasts ``[N, T, k, C]`` streamed in chunks with the state carried, one
     sequence at a time, and the largest difference from the whole-sequence run."""
-    pkg = OrtPackage(package)
-    k = pkg.manifest.output.dim // x.shape[2]
+    runtime = load_runtime(package)
+    k = runtime.manifest.output.dim // x.shape[2]
     preds, worst = [], 0.0
-    for seq in x:
-        whole, _ = pkg.run(seq[None])
-        states = None
+    for seq in np.asarray(x, np.float32):
+        whole = run_whole(runtime, seq[None])
+        states = runtime.zero_states(1)
         pieces = []
         for start in range(0, seq.shape[0], chunk):
-            out, states = pkg.run(seq[None, start : start + chunk], states)
+            out, states = runtime.run(np.ascontiguousarray(seq[None, start : start + chunk]), states)
             pieces.append(out)
         streamed = np.concatenate(pieces, axis=1)
         worst = max(worst, float(np.max(np.abs(streamed - whole) / np.maximum(1.0, np.abs(whole)))))

@@ -16,7 +16,9 @@ Every stream has its own noise (white, pink or brown) at an SNR drawn from
 the sentences have no coarticulation across words: easier than real running speech in
 that respect.
 
-Figures (:func:`evaluate`):
+Figures (:func:`evaluate`), on each stream sent in 100 ms chunks through the server's own
+chain (:mod:`lstm_train.kws_stream`: audio front-end, model step with the state carried,
+keyword spotter):
 
 - **false alarms per hour**: every final event on the keyword-free streams;
 - **miss rate**: a keyword is hit when a final event of its label overlaps
@@ -43,10 +45,11 @@ from typing import Any
 import numpy as np
 
 from lstm_serve.events import Event, detect_events
-from lstm_serve.features import logmel
 from lstm_serve.manifest import KeywordPostprocess
+from lstm_serve.runtime import ModelRuntime
 from lstm_train import kws_data as kd
-from lstm_train.train import OrtPackage
+from lstm_train.kws_stream import stream
+from lstm_train.train import load_runtime
 
 NEAR_MISS: tuple[str, ...] = (
     "yesterday", "yellow", "yet", "often", "offer", "offset", "upward", "upper", "uptown",
@@ -90,9 +93,9 @@ QUICK = EvalScale(free_streams=2, free_seconds=90.0, keyword_streams=1, keyword_
 
 @dataclass
 class Stream:
-    """One continuous stream: log-mel features and the keywords in it."""
+    """One continuous stream: 16 kHz float32 audio and the keywords in it."""
 
-    features: np.ndarray
+    audio: np.ndarray
     seconds: float
     speech_seconds: float
     keywords: list[kd.KeywordTiming]
@@ -172,15 +175,14 @@ def _build(split: str, scale: EvalScale, seed: int) -> StreamSet:
     ):
         for _ in range(count):
             audio, timings, speech, snr, gain = _compose(bank, rng, seconds, p_kw)
-            target.append(Stream(logmel(audio, kd.FRONTEND).astype(np.float32), seconds, speech,
-                                 timings, snr, gain))
+            target.append(Stream(audio.astype(np.float32), seconds, speech, timings, snr, gain))
     return out
 
 
 def build(split: str = "test", scale: EvalScale = FULL, seed: int | None = None) -> StreamSet:
     """The stream set for ``split`` (``test`` or ``val``), built in a fresh spawned
     process so that espeak-ng's internal state is the same every time (see
-    :func:`lstm_train.kws.test_set`)."""
+    :func:`lstm_train.kws_sets.test_set`)."""
     if seed is None:
         seed = EVAL_SEED if split == "test" else VAL_SEED
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -190,14 +192,11 @@ def build(split: str = "test", scale: EvalScale = FULL, seed: int | None = None)
 # ------------------------------------------------------------------- scoring
 
 
-def posteriors(package: OrtPackage, streams: Sequence[Stream]) -> list[np.ndarray]:
-    """Per-frame posteriors of each stream (the whole stream in one run, which equals
-    any chunking: see tests/test_features.py and the export's chunked parity check)."""
-    out = []
-    for s in streams:
-        y, _ = package.run(s.features[None])
-        out.append(y[0])
-    return out
+def posteriors(runtime: ModelRuntime, streams: Sequence[Stream]) -> list[np.ndarray]:
+    """Per-frame posteriors of each stream, streamed in 100 ms chunks through the
+    server's own chain (:func:`lstm_train.kws_stream.stream`); the operating points
+    are then swept on them."""
+    return [stream(runtime, s.audio).posteriors for s in streams]
 
 
 def _hits(events: Sequence[Event], refs: Sequence[kd.KeywordTiming]
@@ -318,12 +317,12 @@ def evaluate(package_dir: Path, streams: StreamSet,
              thresholds: Sequence[float] = DET_THRESHOLDS) -> dict[str, Any]:
     """Every figure of a kws package on ``streams``, at the manifest's operating point
     and along the DET curve."""
-    pkg = OrtPackage(package_dir)
-    m = pkg.manifest
+    runtime = load_runtime(package_dir)
+    m = runtime.manifest
     post = m.output.postprocess
     assert post is not None
     labels, rate = m.output.labels, m.input.frame_rate_hz
-    pf, pk = posteriors(pkg, streams.free), posteriors(pkg, streams.keyword)
+    pf, pk = posteriors(runtime, streams.free), posteriors(runtime, streams.keyword)
     shipped = score(streams, pf, pk, post, labels, rate)
     curve = det_curve(streams, pf, pk, post, labels, rate, thresholds)
     return {

@@ -30,10 +30,11 @@ from lstm_train.report import confusion_matrix, write_reports
 from lstm_train.train import (
     Batch,
     History,
-    OrtPackage,
     RunOptions,
     fit,
+    load_runtime,
     package_size_bytes,
+    run_whole,
     seed_everything,
     set_threads,
 )
@@ -179,11 +180,11 @@ def _evaluator(data: SequenceData) -> Callable[[RecurrentNet], tuple[float, floa
 def predict_package(package_dir: Path, data: SequenceData) -> np.ndarray:
     """Predicted class per sequence, one sequence at a time through onnxruntime
     (``Predict``'s path); a per-frame head's sequence label is its last frame."""
-    pkg = OrtPackage(package_dir)
+    runtime = load_runtime(package_dir)
     preds = []
     for seq in data.x:
-        y, _ = pkg.run(seq[None])
-        last = y[0, -1] if pkg.manifest.output.head == "per_frame" else y[0]
+        y = run_whole(runtime, seq[None])
+        last = y[0, -1] if runtime.manifest.output.head == "per_frame" else y[0]
         preds.append(int(np.argmax(last)))
     return np.array(preds)
 

@@ -2,8 +2,9 @@
 
 :func:`fit` trains with Adam, evaluates on the validation split after every epoch and
 keeps the weights of the best validation epoch (model selection never sees the test
-split). :class:`OrtPackage` runs an exported package the way the server does, so the
-test figures recorded in a manifest are measured on the served graph itself.
+split). :func:`load_runtime` loads an exported package into the server's own
+:class:`~lstm_serve.runtime.ModelRuntime`, so the test figures recorded in a manifest
+are measured on the served graph, run the way the server runs it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from lstm_serve.manifest import MODEL_FILE, Manifest, load_manifest
+from lstm_serve.manifest import MODEL_FILE, load_manifest
+from lstm_serve.runtime import ModelRuntime
 from lstm_train.model import RecurrentNet
 
 Batch = tuple[torch.Tensor, ...]
@@ -129,37 +130,17 @@ def fit(
     return history
 
 
-class OrtPackage:
-    """An exported package run through onnxruntime on CPU, as the server runs it."""
+def load_runtime(package_dir: Path) -> ModelRuntime:
+    """An exported package loaded into the server's own :class:`ModelRuntime`, on CPU
+    with one thread, as ``lstm-serve`` runs it by default."""
+    return ModelRuntime(load_manifest(package_dir), package_dir, ["CPUExecutionProvider"])
 
-    def __init__(self, package_dir: Path) -> None:
-        self.path = package_dir
-        self.manifest: Manifest = load_manifest(package_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(package_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"]
-        )
 
-    def zero_states(self, batch: int) -> list[np.ndarray]:
-        """Zero states for ``batch`` sequences, in manifest order."""
-        return [
-            np.zeros((s.layers, batch, s.hidden), np.float32) for s in self.manifest.states
-        ]
-
-    def run(
-        self, x: np.ndarray, states: list[np.ndarray] | None = None
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Outputs and new states for ``x`` ``[batch, time, feature_dim]``."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if states is None:
-            states = self.zero_states(x.shape[0])
-        feeds = {self.manifest.input.name: x}
-        feeds.update({s.input: v for s, v in zip(self.manifest.states, states, strict=True)})
-        names = [self.manifest.output.name, *(s.output for s in self.manifest.states)]
-        out = self.session.run(names, feeds)
-        return out[0], list(out[1:])
+def run_whole(runtime: ModelRuntime, x: np.ndarray) -> np.ndarray:
+    """The outputs for whole sequences ``x`` (``[batch, time, feature_dim]``), each
+    from zero states."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return runtime.run(x, runtime.zero_states(x.shape[0]))[0]
 
 
 @dataclass(frozen=True)
