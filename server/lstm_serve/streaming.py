@@ -61,29 +61,29 @@ class _Inbox:
 
     async def get(self) -> StreamMessage | _DrainSignal | None:
         """The next signal or client message; None when the client half-closed."""
-        if self._signals:
-            return self._signals.popleft()
-        if self._next is None:
-            self._next = asyncio.ensure_future(anext(self._messages))
-        wake: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
-        waiting: set[asyncio.Future[object]] = {self._next, wake}  # type: ignore[arg-type]
-        try:
-            done, _ = await asyncio.wait(waiting, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-        if self._next in done:
-            arrived, self._next = self._next, None
+        while True:
+            if self._signals:
+                self._wake.clear()
+                return self._signals.popleft()
+            if self._next is None:
+                self._next = asyncio.ensure_future(anext(self._messages))
+            wake: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
+            waiting: set[asyncio.Future[object]] = {self._next, wake}  # type: ignore[arg-type]
             try:
-                return arrived.result()
-            except StopAsyncIteration:
-                return None
-        if self._signals:
-            self._wake.clear()
-            return self._signals.popleft()
-        raise DeadlineExceeded(
-            f"stream idle for {self._timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
-            "session state is kept for resume until its TTL"
-        )
+                done, _ = await asyncio.wait(waiting, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+            if self._next in done:
+                arrived, self._next = self._next, None
+                try:
+                    return arrived.result()
+                except StopAsyncIteration:
+                    return None
+            if not done:
+                raise DeadlineExceeded(
+                    f"stream idle for {self._timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
+                    "session state is kept for resume until its TTL"
+                )
 
     async def get_message(self) -> StreamMessage | None:
         """The next client message, passing over signals."""

@@ -83,6 +83,12 @@ def test_interceptor_maps_every_error_and_meters_only_its_services(fixture_model
         except grpc.aio.AioRpcError as exc:
             assert exc.code() is grpc.StatusCode.NOT_FOUND and "model.name" in (exc.details() or "")
         registry = server.metrics.registry
+        # The client has its status before the server's handler has run its finally.
+        labels = {"method": "GetModelMetadata", "code": "NOT_FOUND"}
+        for _ in range(200):
+            if registry.get_sample_value("lstm_serve_errors_total", labels):
+                break
+            await asyncio.sleep(0.01)
         assert registry.get_sample_value(
             "lstm_serve_errors_total", {"method": "Predict", "code": "INVALID_ARGUMENT"}
         ) == 1.0
