@@ -60,8 +60,9 @@ train: $(FULL_STAMP) ## retrain every bundled model into models/ and remake demo
 	for recipe in har har-gru vowels forecast kws; do $(BIN)/lstm-train $$recipe --out models || exit 1; done
 	$(BIN)/lstm-train demo --model models/kws/1 --out demo
 
-bench: $(FULL_STAMP) ## benchmark: in-process ORT vs server batching off/on; writes docs/benchmarks.md (~4 min)
-	$(BIN)/python scripts/bench.py
+bench: BASE ?= HEAD~1
+bench: $(FULL_STAMP) ## benchmark: in-process ORT, server batching off/on/--workers 2, this code vs BASE (default HEAD~1); writes docs/ (~6 min)
+	$(BIN)/python scripts/bench.py --base '$(BASE)' $(BENCH_ARGS)
 
 deploy-check: $(FULL_STAMP) deploy-tools ## validate deploy/ (kustomize, schemas, checkov, semantics)
 	$(BIN)/pytest tests/deploy

@@ -7,8 +7,10 @@ and its accounting are checked.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +70,39 @@ def test_bench_unknown_model_fails_cleanly(server: Any) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 1
     assert "NOT_FOUND" in done.stderr
+
+
+def test_bench_package_quick_json(tmp_path: Path) -> None:
+    """``scripts/bench.py`` (the package entry point): one tiny point per part, including the
+    old-against-new comparison against HEAD (a git worktree), prints a parseable ``--json``
+    summary and writes only the generated block of ``benchmarks.md``."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks.md").write_text(
+        "# Benchmarks\n\nHand-written, kept.\n\n<!-- bench:begin -->\nold generated block\n"
+        "<!-- bench:end -->\n\nAlso kept.\n"
+    )
+    cmd = [sys.executable, "scripts/bench.py", "--quick", "--json", "--configs", "on", "--streams", "2",
+           "--duration", "0.5", "--no-profile", "--base", "HEAD", "--rounds", "1", "--compare-duration", "0.5",
+           "--models", str(tmp_path / "models"), "--docs", str(docs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}"
+    summary: dict[str, Any] = json.loads(done.stdout)
+    assert summary["quick"] is True
+    assert summary["machine"]["cpu_count"] == os.cpu_count()
+    assert summary["machine"]["cpu_model"] and summary["machine"]["onnxruntime"]
+    on = summary["servers"]["on"]
+    assert on["saturated_frames_per_s"] > 0 and on["saturated_cpu_us_per_chunk"] > 0
+    assert on["paced"][0]["streams"] == 2 and on["paced"][0]["errors"] == 0
+    compare = summary["compare"]
+    assert set(compare["sides"]) == {"old", "new"}
+    for figure in ("served_vs_ort", "saturated_cpu_us_per_chunk", "paced_cpu_us_per_chunk", "predict_p50_ms"):
+        ratio = compare["ratios"][figure]
+        assert ratio["old"] > 0 and ratio["new"] > 0 and ratio["new_over_old"] > 0
+    results = json.loads((docs / "bench-results.json").read_text())
+    assert results["compare"]["sides"]["old"]["commit"] == results["machine"]["git"]["commit"]
+    text = (docs / "benchmarks.md").read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written, kept.\n") and text.endswith("\n\nAlso kept.\n")
+    assert "old generated block" not in text and "## This code against HEAD" in text
+    assert text.count("<!-- bench:begin") == 1 and text.count("<!-- bench:end -->") == 1
+    assert {p.name for p in (docs / "img").iterdir()} >= {"bench-latency.png", "bench-throughput.png"}

@@ -1,0 +1,169 @@
+"""The processes the benchmark measures.
+
+Every server binds port 0 and reports its ports back (``run_server`` with no port), so
+no other process can take a port between choosing and binding it.
+
+``ServerCode`` says which code a server runs: this checkout (the installed
+``lstm-serve``), or a git worktree of another commit, run by the same interpreter with
+``PYTHONPATH=<worktree>/server:<worktree>/protos`` so that it imports the old server
+(``base_worktree`` makes one and checks that the import resolves there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lstm_client.launch import ServerProcess, run_server
+
+from . import REPO, WORK
+
+ECHO_METHOD = "/lstmserve.bench.Echo/Echo"
+ENTRY = REPO / "scripts" / "bench.py"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One server configuration of the comparison."""
+
+    key: str
+    label: str
+    args: tuple[str, ...]
+
+
+SERVER_CONFIGS = [
+    ServerConfig("off", "(b) batching off", ("--no-batching",)),
+    ServerConfig("on", "(c) batching on (defaults)", ()),
+    ServerConfig("workers2", "(d) --workers 2, batching on", ("--workers", "2")),
+]
+
+
+@dataclass(frozen=True)
+class ServerCode:
+    """The code a server runs: ``root`` is a checkout (this one, or a worktree)."""
+
+    key: str
+    root: Path
+    commit: str | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def describe(self) -> str:
+        """``working tree at 4f0ab1d`` (this checkout) or ``4f0ab1d`` (a worktree of that commit)."""
+        return f"{'working tree at ' if self.root == REPO else ''}`{(self.commit or '?')[:7]}`"
+
+
+def current_code() -> ServerCode:
+    """This checkout's working tree, as installed in the virtualenv."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    return ServerCode("new", REPO, done.stdout.strip() or None)
+
+
+def resolve_rev(rev: str) -> str:
+    """The full commit id of ``rev`` (raises ``ValueError`` when it is not a commit)."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ValueError(f"not a commit: {rev!r}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def base_worktree(rev: str) -> Iterator[ServerCode]:
+    """A detached git worktree of ``rev`` in a temporary directory, removed afterwards."""
+    commit = resolve_rev(rev)
+    parent = Path(tempfile.mkdtemp(prefix="lstm-bench-base-"))
+    tree = parent / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), commit], cwd=REPO, check=True)
+    try:
+        env = {"PYTHONPATH": os.pathsep.join([str(tree / "server"), str(tree / "protos")])}
+        code = ServerCode("old", tree, commit, env)
+        check_imports(code)
+        yield code
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False,
+                       capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=False, capture_output=True)
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+def check_imports(code: ServerCode) -> None:
+    """Fail unless ``code``'s environment imports ``lstm_serve`` and ``lstmserve`` from ``code.root``."""
+    probe = "import lstm_serve, lstmserve, json; print(json.dumps([lstm_serve.__file__, lstmserve.__path__[0]]))"
+    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **code.env}, cwd=code.root,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{code.describe}: cannot import the server: {done.stderr[-1000:]}")
+    for path in json.loads(done.stdout):
+        if not Path(path).resolve().is_relative_to(code.root.resolve()):
+            raise RuntimeError(f"{code.describe}: imports {path}, outside {code.root}")
+
+
+def server_command(models_dir: Path, args: tuple[str, ...]) -> list[str]:
+    """``lstm-serve`` on any free loopback ports (the interpreter of this virtualenv)."""
+    return [
+        sys.executable, "-m", "lstm_serve.main", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+        "--models", str(models_dir), "--grace", "2", "--log-level", "WARNING", *args,
+    ]
+
+
+def lstm_server(
+    models_dir: Path, config: ServerConfig, code: ServerCode | None = None,
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """``lstm-serve`` with ``config``'s flags, running ``code`` (default: this checkout)."""
+    code = code or current_code()
+    name = f"server-{config.key}" + ("" if code.root == REPO else f"-{code.key}")
+    return run_server(server_command(models_dir, config.args), None, None, WORK / "logs" / f"{name}.log",
+                      env=code.env, cwd=code.root, ready_timeout=120)
+
+
+def echo_server() -> contextlib.AbstractContextManager[ServerProcess]:
+    """The bare grpc.aio echo server (with a health service) in its own process."""
+    cmd = [sys.executable, str(ENTRY), "--echo-server"]
+    return run_server(cmd, None, None, WORK / "logs" / "echo-server.log", cwd=REPO, ready_timeout=120)
+
+
+async def serve_echo(port_file: str | None) -> None:
+    """A bytes-in, bytes-out unary RPC: the transport floor (no protobuf, no model).
+
+    The request carries the Predict request's payload; the reply is the first
+    ``reply_bytes`` (4-byte little-endian prefix) bytes of it, the size of a Predict reply.
+    Binds any free port and writes ``{"port": P, "metrics_port": 0}`` to ``port_file``."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1.health import aio as health_aio
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        size = int.from_bytes(request[:4], "little")
+        return request[4 : 4 + size]
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "lstmserve.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    if port_file:
+        with open(port_file, "w") as out:
+            out.write(json.dumps({"port": port, "metrics_port": 0}) + "\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
