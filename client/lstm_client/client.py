@@ -66,6 +66,16 @@ def session_metadata(session_id: str) -> tuple[tuple[str, str], ...]:
     return ((SESSION_HEADER, session_id),)
 
 
+def chunk_request(sequence_number: int, chunk: np.ndarray | bytes) -> pb.StreamRequest:
+    """One stream chunk: feature frames (an array) or audio (bytes)."""
+    msg = pb.Chunk(sequence_number=sequence_number)
+    if isinstance(chunk, bytes):
+        msg.audio = chunk
+    else:
+        msg.features.CopyFrom(to_tensor(chunk))
+    return pb.StreamRequest(chunk=msg)
+
+
 def to_tensor(array: np.ndarray) -> pb.Tensor:
     """Pack an array as a float32 Tensor."""
     data = np.ascontiguousarray(array, dtype=FLOAT32)
@@ -493,12 +503,7 @@ class LstmClient:
                     if delay > 0:
                         time.sleep(delay)
                     next_due += pace_s
-                msg = pb.Chunk(sequence_number=seq)
-                if isinstance(chunk, bytes):
-                    msg.audio = chunk
-                else:
-                    msg.features.CopyFrom(to_tensor(chunk))
-                yield pb.StreamRequest(chunk=msg)
+                yield chunk_request(seq, chunk)
             yield pb.StreamRequest(end=pb.End(keep_session=keep_session))
 
         result: StreamResult | None = None

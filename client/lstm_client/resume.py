@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from lstm_client.client import LstmClient, StatusError, StreamResult, session_metadata, to_tensor
+from lstm_client.client import LstmClient, StatusError, StreamResult, chunk_request, session_metadata
 from lstmserve.v1 import inference_pb2 as pb
 
 RETRIED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
@@ -121,13 +121,7 @@ def _attempt(
                 if delay > 0:
                     time.sleep(delay)
                 next_due += pace_s
-            msg = pb.Chunk(sequence_number=seq)
-            chunk = chunks[seq]
-            if isinstance(chunk, bytes):
-                msg.audio = chunk
-            else:
-                msg.features.CopyFrom(to_tensor(chunk))
-            yield pb.StreamRequest(chunk=msg)
+            yield chunk_request(seq, chunks[seq])
         yield pb.StreamRequest(end=pb.End(keep_session=keep_session))
 
     call = client.stub.StreamPredict(requests(), metadata=session_metadata(config.session_id))
