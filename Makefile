@@ -14,7 +14,7 @@ SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
 FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test lint proto proto-check gpu-check train bench deploy-tools deploy-check clean
+.PHONY: help setup serve test lint proto proto-check gpu-check train bench deploy-tools client-venvs deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -50,7 +50,10 @@ lint: $(FULL_STAMP) ## ruff and mypy
 deploy-tools: ## install the manifest validators into .venv-deploy
 	scripts/setup-deploy-tools.sh
 
-test: $(FULL_STAMP) deploy-tools proto-check lint ## the whole test suite (what CI runs)
+client-venvs: ## install the Open Inference Protocol clients (tritonclient, kserve, perf_analyzer) into .venv-triton
+	scripts/setup-client-venvs.sh
+
+test: $(FULL_STAMP) deploy-tools client-venvs proto-check lint ## the whole test suite (what CI runs)
 	$(BIN)/pytest
 
 gpu-check: $(FULL_STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
@@ -68,4 +71,4 @@ deploy-check: $(FULL_STAMP) deploy-tools ## validate deploy/ (kustomize, schemas
 	$(BIN)/pytest tests/deploy
 
 clean: ## remove virtualenvs and caches
-	rm -rf $(VENV) .venv-deploy .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-deploy .venv-triton .pytest_cache .mypy_cache .ruff_cache

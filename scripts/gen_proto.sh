@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-rm -f protos/lstmserve/v1/*_pb2*.py protos/lstmserve/v1/*_pb2*.pyi
+rm -f protos/lstmserve/*/*_pb2*.py protos/lstmserve/*/*_pb2*.pyi
 "$PY" -m grpc_tools.protoc -Iprotos \
   --python_out=protos --pyi_out=protos --grpc_python_out=protos \
-  protos/lstmserve/v1/*.proto
-touch protos/lstmserve/__init__.py protos/lstmserve/v1/__init__.py
+  protos/lstmserve/*/*.proto
+touch protos/lstmserve/__init__.py protos/lstmserve/v1/__init__.py protos/lstmserve/kserve_v2/__init__.py

@@ -35,9 +35,10 @@ from lstm_serve import stacking
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import Draining, Overloaded
 from lstm_serve.metrics import Metrics
-from lstm_serve.repository import ModelRepository
+from lstm_serve.repository import ModelEntry, ModelRepository
 from lstm_serve.runtime import ModelRuntime
 from lstm_serve.settings import BatchingSettings
+from lstm_serve.statistics import ModelStats, StatsBook
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         max_queue: int,
+        stats: ModelStats | None = None,
     ) -> None:
         self.runtime = runtime
+        self._stats = stats if stats is not None else ModelStats()
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -208,7 +211,9 @@ class Batcher:
                 started = time.perf_counter()
                 for step in group:
                     self._queue_wait.observe(started - step.enqueued)
-                outputs, states = await loop.run_in_executor(self._executor, self._run_group, group)
+                    self._stats.queue.add(started - step.enqueued)
+                outputs, states, seconds = await loop.run_in_executor(self._executor, self._run_group, group)
+                self._stats.executed(sum(s.rows for s in group), seconds)
             except Exception as exc:
                 log.exception("batch of %d failed", len(group))
                 for step in group:
@@ -222,33 +227,41 @@ class Batcher:
                     step.future.set_result((outputs[offset:end] if len(group) > 1 else outputs, own))
                 offset = end
 
-    def _run_group(self, group: list[_Step]) -> StepResult:
+    def _run_group(self, group: list[_Step]) -> tuple[np.ndarray, list[np.ndarray], float]:
         """Stack, run and time one same-length group (on the executor thread)."""
         x = group[0].x if len(group) == 1 else np.concatenate([s.x for s in group])
         states = stacking.stack([s.states for s in group])
         started = time.perf_counter()
         outputs, new_states = self.runtime.run(x, states)
-        self._compute.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._compute.observe(seconds)
         self._batch_size.observe(x.shape[0])
         self._frames.inc(x.shape[0] * x.shape[1])
-        return outputs, new_states
+        return outputs, new_states, seconds
+
+
+def build_batcher(
+    entry: ModelEntry, executor: Executor, metrics: Metrics, settings: BatchingSettings, stats: StatsBook
+) -> Batcher:
+    """The (unstarted) batcher of one ready model version."""
+    enabled = settings.enabled and entry.name not in settings.disabled_models
+    return Batcher(
+        entry.require_runtime(),
+        executor,
+        metrics,
+        max_batch_size=settings.max_batch_size if enabled else 1,
+        max_delay_s=settings.max_delay_ms / 1000 if enabled else 0.0,
+        max_queue=settings.max_queue,
+        stats=stats.of(ModelRef(entry.name, entry.version)),
+    )
 
 
 def build_batchers(
-    repository: ModelRepository, executor: Executor, metrics: Metrics, settings: BatchingSettings
+    repository: ModelRepository, executor: Executor, metrics: Metrics, settings: BatchingSettings, stats: StatsBook
 ) -> dict[ModelRef, Batcher]:
     """One batcher per ready model version (unstarted; the service starts them)."""
-    batchers: dict[ModelRef, Batcher] = {}
-    for entry in repository:
-        if entry.runtime is None:
-            continue
-        enabled = settings.enabled and entry.name not in settings.disabled_models
-        batchers[ModelRef(entry.name, entry.version)] = Batcher(
-            entry.runtime,
-            executor,
-            metrics,
-            max_batch_size=settings.max_batch_size if enabled else 1,
-            max_delay_s=settings.max_delay_ms / 1000 if enabled else 0.0,
-            max_queue=settings.max_queue,
-        )
-    return batchers
+    return {
+        ModelRef(entry.name, entry.version): build_batcher(entry, executor, metrics, settings, stats)
+        for entry in repository
+        if entry.runtime is not None
+    }

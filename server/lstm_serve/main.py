@@ -43,6 +43,7 @@ examples:
   lstm-serve --workers 2                       # two processes share the port
   LSTM_SERVE_SESSIONS__TTL_S=60 lstm-serve     # expire idle sessions after a minute
   lstm-serve --print-settings                  # the effective settings as JSON
+  lstm-serve --model-control poll              # pick up new model versions from --models as they appear
   lstm-serve keygen keys.json && lstm-serve --token-keys keys.json   # resume tokens on
   lstm-serve --port 0 --metrics-port 0 --port-file ports.json   # any free ports; read them back
 """
@@ -86,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume-token key file; `lstm-serve keygen FILE` writes one "
         "[LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE, default: tokens off]",
     )
+    p.add_argument(
+        "--model-control",
+        choices=["none", "explicit", "poll"],
+        help="repository changes while serving: none, explicit (the v2 RepositoryModelLoad/Unload RPCs) or "
+        "poll (also rescan the folder) [LSTM_SERVE_SERVER__MODEL_CONTROL, default none]",
+    )
+    p.add_argument(
+        "--poll-interval", type=float,
+        help="seconds between repository rescans with --model-control poll "
+        "[LSTM_SERVE_SERVER__POLL_INTERVAL_S, default 5]",
+    )
     p.add_argument("--grace", type=float, help="drain grace, seconds [LSTM_SERVE_SERVER__GRACE_PERIOD_S, default 10]")
     p.add_argument("--log-level", help="[LSTM_SERVE_SERVER__LOG_LEVEL, default INFO]")
     p.add_argument(
@@ -114,6 +126,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("server", "grace_period_s"): args.grace,
         ("server", "log_level"): args.log_level,
         ("server", "workers"): args.workers,
+        ("server", "model_control"): args.model_control,
+        ("server", "poll_interval_s"): args.poll_interval,
         ("metrics", "port"): args.metrics_port,
         ("metrics", "enabled"): False if args.no_metrics else None,
         ("providers", "providers"): args.providers.split(",") if args.providers else None,

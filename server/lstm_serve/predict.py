@@ -249,6 +249,8 @@ class PredictUseCase:
                 raise
             return self._replay(session_id, stated, frames.shape[0], missing)
         try:
+            lane = self._lanes.bound(live.state)
+            manifest = lane.manifest
             try:
                 out = await lane.step.run(live, sequence_number=None, features=frames, frame_offset=stated)
             except OffsetMismatch as exc:

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from lstm_serve.errors import ManifestError, ModelNotFound, ModelNotReady, echo
-from lstm_serve.manifest import MANIFEST_FILE, Manifest, load_manifest
+from lstm_serve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, load_manifest
 from lstm_serve.runtime import MemoryArena, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,34 @@ class ModelEntry:
     manifest: Manifest | None = None
     runtime: ModelRuntime | None = None
     error: str = ""
+    unloaded: bool = False
+    """Unloaded through the model repository API: no new work; its sessions finish."""
+    signature: tuple[int, ...] = ()
+    """Size and modification time of the package's files when it was loaded."""
 
     @property
     def ready(self) -> bool:
-        """True when the package loaded and serves."""
-        return self.runtime is not None and not self.error
+        """True when the package loaded and serves new work."""
+        return self.runtime is not None and not self.error and not self.unloaded
+
+    @property
+    def state(self) -> Literal["READY", "UNAVAILABLE", "UNLOADED"]:
+        """The repository state, as the model repository API reports it."""
+        if self.unloaded:
+            return "UNLOADED"
+        return "READY" if self.ready else "UNAVAILABLE"
+
+    @property
+    def reason(self) -> str:
+        """Why the version is not ready (empty when it is)."""
+        if self.unloaded:
+            return "unloaded"
+        return self.error
 
     def require_runtime(self) -> ModelRuntime:
         """The runtime, or :class:`ModelNotReady` naming the load error."""
-        if self.runtime is None:
-            raise ModelNotReady(f"model '{self.name}' version {self.version} is not ready: {self.error}")
+        if self.runtime is None or self.unloaded:
+            raise ModelNotReady(f"model '{self.name}' version {self.version} is not ready: {self.reason}")
         return self.runtime
 
     @property
@@ -53,11 +72,72 @@ class ModelEntry:
 
 
 @dataclass
+class RepositoryChange:
+    """What one rescan changed."""
+
+    loaded: list[ModelEntry] = field(default_factory=list)
+    """Versions that are new."""
+    replaced: list[ModelEntry] = field(default_factory=list)
+    """Versions loaded afresh in place of an entry (changed, failed or unloaded)."""
+    unloaded: list[ModelEntry] = field(default_factory=list)
+    """Versions gone from disk."""
+
+
+def _version_dirs(model_dir: Path) -> list[Path]:
+    return sorted(
+        (p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: version_key(p.name),
+    )
+
+
+def _signature(version_dir: Path) -> tuple[int, ...]:
+    """Size and mtime of the package's files: a cheap test for "changed on disk"."""
+    parts: list[int] = []
+    for name in (MODEL_FILE, MANIFEST_FILE):
+        try:
+            st = (version_dir / name).stat()
+            parts += [st.st_size, st.st_mtime_ns]
+        except OSError:
+            parts += [-1, -1]
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class _Loader:
+    providers: list[str]
+    intra_op_threads: int
+    inter_op_threads: int
+    memory_arena: MemoryArena
+    arena_shrink_frames: int
+
+    def load(self, name: str, version_dir: Path) -> ModelEntry:
+        """Load one package; a broken one becomes an entry with its error."""
+        entry = ModelEntry(name, version_dir.name, version_dir, signature=_signature(version_dir))
+        try:
+            entry.manifest = load_manifest(version_dir)
+            entry.runtime = ModelRuntime(
+                entry.manifest, version_dir, self.providers, self.intra_op_threads, self.inter_op_threads,
+                memory_arena=self.memory_arena, arena_shrink_frames=self.arena_shrink_frames,
+            )
+        except ManifestError as exc:
+            entry.error = str(exc)
+        except Exception as exc:
+            entry.error = f"{version_dir / MODEL_FILE}: (graph): {exc}"
+        if entry.error:
+            log.error("model package not ready: %s", entry.error)
+        else:
+            assert entry.runtime is not None
+            log.info("loaded model %s version %s (providers %s)", entry.name, entry.version, entry.runtime.providers)
+        return entry
+
+
+@dataclass
 class ModelRepository:
     """All model versions found under ``root``."""
 
     root: Path
     entries: dict[str, dict[str, ModelEntry]] = field(default_factory=dict)
+    loader: _Loader = field(default_factory=lambda: _Loader(["CPUExecutionProvider"], 1, 1, "shrink", 16384))
 
     @classmethod
     def load(
@@ -72,37 +152,60 @@ class ModelRepository:
     ) -> ModelRepository:
         """Scan ``root`` and load every package; broken ones are recorded, not raised."""
         repo = cls(root=root)
+        repo.loader = _Loader(providers, intra_op_threads, inter_op_threads, memory_arena, arena_shrink_frames)
         if not root.is_dir():
             log.error("model repository %s does not exist; serving no models", root)
             return repo
-        for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for version_dir in sorted(
-                (p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                key=lambda p: version_key(p.name),
-            ):
-                entry = ModelEntry(model_dir.name, version_dir.name, version_dir)
-                try:
-                    entry.manifest = load_manifest(version_dir)
-                    entry.runtime = ModelRuntime(
-                        entry.manifest, version_dir, providers, intra_op_threads, inter_op_threads,
-                        memory_arena=memory_arena, arena_shrink_frames=arena_shrink_frames,
-                    )
-                except ManifestError as exc:
-                    entry.error = str(exc)
-                except Exception as exc:
-                    entry.error = f"{version_dir / 'model.onnx'}: (graph): {exc}"
-                if entry.error:
-                    log.error("model package not ready: %s", entry.error)
-                else:
-                    assert entry.runtime is not None
-                    log.info(
-                        "loaded model %s version %s (providers %s)",
-                        entry.name, entry.version, entry.runtime.providers,
-                    )
-                repo.entries.setdefault(entry.name, {})[entry.version] = entry
+        for name in repo.names_on_disk():
+            for version_dir in _version_dirs(root / name):
+                repo.entries.setdefault(name, {})[version_dir.name] = repo.loader.load(name, version_dir)
         if not any(repo.entries.values()):
             log.warning("no model packages (%s) found under %s", MANIFEST_FILE, root)
         return repo
+
+    def names_on_disk(self) -> list[str]:
+        """The model folders under the root now."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def rescan(self, name: str) -> RepositoryChange:
+        """Load ``name`` again from disk (blocking: call it off the event loop).
+
+        New versions load; a version whose files changed, that failed, or that was
+        unloaded loads afresh and replaces its entry; unchanged ready versions are
+        kept (their sessions go on); versions gone from disk are unloaded. Raises
+        :class:`ModelNotFound` when the folder does not exist."""
+        folder = self.root / name
+        if not folder.is_dir():
+            raise ModelNotFound(
+                f"model_name: failed to load '{echo(name)}', no version is available in the model repository"
+            )
+        change = RepositoryChange()
+        current = self.entries.setdefault(name, {})
+        on_disk = {d.name: d for d in _version_dirs(folder)}
+        for version, version_dir in on_disk.items():
+            entry = current.get(version)
+            if entry is not None and entry.ready and entry.signature == _signature(version_dir):
+                continue
+            fresh = self.loader.load(name, version_dir)
+            current[version] = fresh
+            (change.replaced if entry is not None else change.loaded).append(fresh)
+        for version, entry in current.items():
+            if version not in on_disk and not entry.unloaded:
+                entry.unloaded = True
+                change.unloaded.append(entry)
+        return change
+
+    def unload(self, name: str) -> list[ModelEntry]:
+        """Mark every version of ``name`` unloaded; return those that were not."""
+        versions = self.entries.get(name)
+        if not versions:
+            raise ModelNotFound(f"model_name: failed to unload '{echo(name)}': no such model")
+        newly = [e for e in versions.values() if not e.unloaded]
+        for entry in newly:
+            entry.unloaded = True
+        return newly
 
     def __iter__(self) -> Iterator[ModelEntry]:
         for versions in self.entries.values():

@@ -19,7 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lstm_serve import __version__
-from lstm_serve.batching import build_batchers
+from lstm_serve.batching import build_batcher, build_batchers
 from lstm_serve.facade import DomainFacade
 from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
 from lstm_serve.providers import choose_providers
@@ -28,8 +28,9 @@ from lstm_serve.repository import ModelRepository
 from lstm_serve.resume import ResumeTokens
 from lstm_serve.sessions import InMemorySessionStore, SessionStore
 from lstm_serve.settings import Settings
+from lstm_serve.statistics import StatsBook
 from lstm_serve.tokens import TokenSealer, load_keys
-from lstm_serve.transport import lstmserve_v1
+from lstm_serve.transport import kserve_v2, lstmserve_v1
 from lstm_serve.transport.api import ApiService
 from lstm_serve.transport.interceptor import ErrorInterceptor
 
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 FINAL_SEND_GRACE_S = 1.0
 """After the drain, how long grpc may take to send the last responses."""
 
-APIS: tuple[ApiService, ...] = (lstmserve_v1.API,)
-"""Every API served on the gRPC port, over the same domain."""
+APIS: tuple[ApiService, ...] = (lstmserve_v1.API, kserve_v2.API)
+"""Every API the gRPC port can serve, over the same domain (the Open Inference
+Protocol unless ``LSTM_SERVE_KSERVE_V2__ENABLED=false``)."""
 
 STORE_HEALTH_NAME = "lstmserve.sessions.store"
 """Health of the shared session store; stateless work stays SERVING without it."""
@@ -62,6 +64,7 @@ class LstmServer:
         self.domain: DomainFacade | None = None
         self._stopped = asyncio.Event()
         self._redis: RedisSessionStore | None = None
+        self._apis: list[ApiService] = []
 
     async def start(self) -> None:
         """Load the models and start serving."""
@@ -80,14 +83,11 @@ class LstmServer:
             )
         )
         self.metrics.build.labels(__version__).set(1)
-        for entry in repository:
-            self.metrics.model_ready.labels(entry.name, entry.version).set(1 if entry.ready else 0)
-            if entry.runtime is not None:
-                in_use = ",".join(entry.runtime.providers)
-                self.metrics.providers.labels(entry.name, entry.version, in_use).set(1)
+        self._model_gauges(repository)
         store = self._build_store(repository)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        batchers = build_batchers(repository, executor, self.metrics, s.batching)
+        stats = StatsBook()
+        batchers = build_batchers(repository, executor, self.metrics, s.batching, stats)
         sealer = None
         if s.sessions.token_keys_file:
             sealer = TokenSealer(load_keys(Path(s.sessions.token_keys_file)), s.sessions.max_token_bytes)
@@ -96,8 +96,12 @@ class LstmServer:
             log.info("resume tokens off: no LSTM_SERVE_SESSIONS__TOKEN_KEYS_FILE (--token-keys)")
         tokens = ResumeTokens(sealer, s.sessions.token_ttl_s, self.metrics)
         self.domain = DomainFacade(
-            repository, s, self.metrics, store=store, executor=executor, batchers=batchers, tokens=tokens
+            repository, s, self.metrics, store=store, executor=executor, batchers=batchers, tokens=tokens,
+            stats=stats, make_batcher=functools.partial(
+                build_batcher, executor=executor, metrics=self.metrics, settings=s.batching, stats=stats
+            ),
         )
+        self.domain.on_models_changed = functools.partial(self._models_changed, repository)
         await self.domain.start()
         options = [
             ("grpc.max_receive_message_length", s.server.max_message_bytes),
@@ -105,9 +109,10 @@ class LstmServer:
             # Workers share the port; a lone server must own it, so a second one fails fast.
             ("grpc.so_reuseport", 1 if s.server.workers > 1 else 0),
         ]
-        names = [api.name for api in APIS]
+        self._apis = [api for api in APIS if api is not kserve_v2.API or s.kserve_v2.enabled]
+        names = [api.name for api in self._apis]
         server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics, names)], options=options)
-        for api in APIS:
+        for api in self._apis:
             api.register(self.domain, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -128,6 +133,18 @@ class LstmServer:
             sum(1 for e in repository if e.ready), s.server.host, self.port, self.metrics_port,
         )
 
+    def _model_gauges(self, repository: ModelRepository) -> None:
+        for entry in repository:
+            self.metrics.model_ready.labels(entry.name, entry.version).set(1 if entry.ready else 0)
+            if entry.runtime is not None:
+                in_use = ",".join(entry.runtime.providers)
+                self.metrics.providers.labels(entry.name, entry.version, in_use).set(1)
+
+    async def _models_changed(self, repository: ModelRepository) -> None:
+        """A model was loaded or unloaded: health and the model gauges follow."""
+        self._model_gauges(repository)
+        await self._set_model_health(repository)
+
     def _build_store(self, repository: ModelRepository) -> SessionStore:
         sessions = self.settings.sessions
         if not sessions.store_url:
@@ -144,14 +161,17 @@ class LstmServer:
         self._redis = store
         return store
 
-    async def _set_health(self, repository: ModelRepository) -> None:
+    async def _set_model_health(self, repository: ModelRepository) -> None:
         for name in repository.entries:
             serving = any(e.ready for e in repository.entries[name].values())
             await self._health.set(f"models/{name}", SERVING if serving else NOT_SERVING)
         for entry in repository:
             for health_name in entry.health_names:
                 await self._health.set(health_name, SERVING if entry.ready else NOT_SERVING)
-        for api in APIS:
+
+    async def _set_health(self, repository: ModelRepository) -> None:
+        await self._set_model_health(repository)
+        for api in self._apis:
             await self._health.set(api.name, SERVING)
         await self._health.set("", SERVING)
         if self._redis is not None:

@@ -230,6 +230,10 @@ class SessionRegistry:
         self.holder = f"{socket.gethostname()}/{os.getpid()}"
         """This process's name in the leases it holds."""
 
+    def bound_to(self, ref: ModelRef) -> bool:
+        """True while this process holds a session of model version ``ref``."""
+        return any(live.held and live.model == ref for live in self._live.values())
+
     def held(self, session_id: str) -> bool:
         """True while this process holds the session."""
         live = self._live.get(session_id)

@@ -40,6 +40,18 @@ class ServerSettings(BaseModel):
     log_level: str = "INFO"
     """Python logging level name."""
 
+    model_control: Literal["none", "explicit", "poll"] = "none"
+    """How the model repository changes while serving, as Triton's
+    ``--model-control-mode``. ``none``: the models found at start; the repository
+    API's load and unload are refused. ``explicit``: RepositoryModelLoad and
+    RepositoryModelUnload (the Open Inference Protocol's repository extension) load,
+    reload and unload models. ``poll``: the repository folder is rescanned every
+    ``poll_interval_s``: new and changed versions load, removed ones unload (explicit
+    load and unload are refused, as in Triton). Sessions keep the version they started on."""
+
+    poll_interval_s: float = Field(5.0, gt=0)
+    """With ``model_control=poll``: seconds between rescans of the repository folder."""
+
     workers: int = Field(1, ge=1, le=64)
     """Server processes sharing the gRPC port (SO_REUSEPORT). The kernel spreads
     connections over them; each process owns the sessions of the streams on its
@@ -171,6 +183,22 @@ class AudioSettings(BaseModel):
     allowance) with RESOURCE_EXHAUSTED. 0 disables the limit."""
 
 
+class KServeV2Settings(BaseModel):
+    """The Open Inference Protocol (KServe v2 / Triton) API, ``inference.GRPCInferenceService``."""
+
+    enabled: bool = True
+    """Serve the Open Inference Protocol (``inference.GRPCInferenceService``) on the
+    gRPC port beside ``lstmserve.v1.Inference``."""
+
+    max_stream_backlog: int = Field(256, ge=1)
+    """Most requests of one ModelStreamInfer stream in flight at once (all its
+    sequences together); beyond it a request is answered RESOURCE_EXHAUSTED in band,
+    and the stream stays open."""
+
+    max_sequence_id_bytes: int = Field(128, ge=1, le=16384)
+    """Longest string ``sequence_id`` accepted, in UTF-8 bytes (Triton's limit is 128)."""
+
+
 class MetricsSettings(BaseModel):
     """Prometheus metrics endpoint."""
 
@@ -207,6 +235,9 @@ class Settings(BaseSettings):
 
     audio: AudioSettings = Field(default_factory=AudioSettings)
     """Audio streaming."""
+
+    kserve_v2: KServeV2Settings = Field(default_factory=KServeV2Settings)
+    """Open Inference Protocol API."""
 
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     """Prometheus endpoint."""

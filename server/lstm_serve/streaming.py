@@ -204,6 +204,8 @@ class StreamUseCase:
             mode="continue" if config.must_exist else "create_or_continue", stream=True, restore=restore,
         )
         try:
+            lane = self._lanes.bound(live.state)
+            manifest = lane.manifest
             committed = live.state.audio
             if audio_format is not None and committed is not None and committed.format != audio_format:
                 raise PreconditionFailed(

@@ -23,22 +23,16 @@ def known_enum(enum: Any, value: int, field: str) -> int:
     return value
 
 
-def to_array(tensor: pb.Tensor, field: str, ranks: tuple[int, ...]) -> np.ndarray:
-    """Decode a Tensor into a read-only float32 array, never trusting the client.
-
-    The checks run before anything iterates or allocates, in this order: dtype, rank,
-    the sign of each dimension, zero size, then element count against byte length.
-    """
-    dtype = known_enum(pb.DataType, tensor.dtype, f"{field}.dtype")
-    if dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
-        raise InvalidInput(f"{field}.dtype: only FLOAT32 is supported")
-    rank = len(tensor.shape)
+def check_shape(
+    shape: list[int], field: str, ranks: tuple[int, ...], dtype: np.dtype, nbytes: int, type_name: str = ""
+) -> None:
+    """Check a client's declared shape before anything iterates or allocates, in
+    this order: rank, the sign of each dimension, zero size, then element count
+    against the byte length."""
+    rank = len(shape)
     if rank not in ranks:
         expected = " or ".join(str(r) for r in ranks)
-        raise InvalidInput(
-            f"{field}.shape: rank {rank} {echo(list(tensor.shape[:8]))}; expected rank {expected}"
-        )
-    shape = list(tensor.shape)
+        raise InvalidInput(f"{field}.shape: rank {rank} {echo(shape[:8])}; expected rank {expected}")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{field}.shape: negative dimension in {echo(shape)}")
     if 0 in shape:
@@ -46,11 +40,21 @@ def to_array(tensor: pb.Tensor, field: str, ranks: tuple[int, ...]) -> np.ndarra
             f"{field}.shape: zero-size (empty) tensor {echo(shape)}; every dimension must be at least 1"
         )
     count = math.prod(shape)
-    if count * FLOAT32.itemsize != len(tensor.data):
+    if count * dtype.itemsize != nbytes:
         raise InvalidInput(
-            f"{field}: shape {echo(shape)} needs {echo(count * FLOAT32.itemsize)} bytes of float32, got "
-            f"{len(tensor.data)} bytes"
+            f"{field}: shape {echo(shape)} needs {echo(count * dtype.itemsize)} bytes of "
+            f"{type_name or dtype.name}, got {nbytes} bytes"
         )
+
+
+def to_array(tensor: pb.Tensor, field: str, ranks: tuple[int, ...]) -> np.ndarray:
+    """Decode a Tensor into a read-only float32 array, never trusting the client
+    (the dtype first, then :func:`check_shape`)."""
+    dtype = known_enum(pb.DataType, tensor.dtype, f"{field}.dtype")
+    if dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
+        raise InvalidInput(f"{field}.dtype: only FLOAT32 is supported")
+    shape = list(tensor.shape)
+    check_shape(shape, field, ranks, FLOAT32, len(tensor.data))
     return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
 
 
