@@ -48,6 +48,9 @@ LONE_BATCH_THRESHOLD = 1.5
 """While recent batches average fewer steps than this, a step that finds the queue
 empty runs at once instead of waiting ``max_delay`` for company that is not coming."""
 
+QUEUE_FULL_PUSHBACK_MS = 50
+"""The retry delay a refusal for a full batch queue suggests (about a few batches)."""
+
 BATCH_SIZE_SMOOTHING = 0.2
 """Weight of the newest batch in the moving average of batch sizes."""
 
@@ -149,7 +152,8 @@ class Batcher:
             raise Overloaded(
                 f"model '{self.runtime.manifest.name}': batch queue is full ({self.max_queue} "
                 "steps waiting; LSTM_SERVE_BATCHING__MAX_QUEUE). Retry with backoff or add "
-                "replicas."
+                "replicas.",
+                retry_after_ms=QUEUE_FULL_PUSHBACK_MS,
             ) from None
         return await step.future
 

@@ -76,7 +76,13 @@ class OffsetMismatch(PreconditionFailed):
 
 
 class Overloaded(ServeError):
-    """A bounded resource is full: the session cap, the batch queue or a rate limit."""
+    """A bounded resource is full: the session cap, the batch queue or a rate limit.
+    ``retry_after_ms``, where a retry makes sense, becomes the status's
+    ``grpc-retry-pushback-ms`` trailer."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class StoreUnavailable(ServeError):

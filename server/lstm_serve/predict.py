@@ -183,9 +183,13 @@ class PredictUseCase:
                     outputs[rows] = out
                 stacking.put(final, rows, new_states)
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(PREDICT_RUNS_IN_FLIGHT, len(runs))):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(PREDICT_RUNS_IN_FLIGHT, len(runs))):
+                    group.create_task(worker())
+        except ExceptionGroup as failed:
+            # The first run's refusal (a full queue, a drain) is the call's status.
+            raise failed.exceptions[0] from None
         return outputs, final
 
     def _initial_states(self, request: PredictInput, runtime: ModelRuntime) -> list[np.ndarray]:

@@ -31,6 +31,7 @@ from lstm_serve.domain import AudioFormat, ModelRef
 from lstm_serve.errors import (
     DeadlineExceeded,
     InvalidInput,
+    ModelNotReady,
     Overloaded,
     PreconditionFailed,
     SessionNotFound,
@@ -117,8 +118,21 @@ class SequenceUseCase:
             async with self._arrivals.turn(request.sequence_id):
                 return await self._step(request)
 
+    async def _lane(self, request: SequenceRequest) -> Lane:
+        """The lane of the requested model; a sequence already running on a version
+        unloaded since goes on there until it ends or expires."""
+        try:
+            return self._lanes.resolve(request.model)
+        except ModelNotReady:
+            if request.start:
+                raise
+            state = await self._sessions.store.get(request.sequence_id)
+            if state is None or state.model.name != request.model.name:
+                raise
+            return self._lanes.bound(state)
+
     async def _step(self, request: SequenceRequest) -> SequenceResult:
-        lane = self._lanes.resolve(request.model)
+        lane = await self._lane(request)
         manifest = lane.manifest
         if not manifest.causal:
             raise InvalidInput(

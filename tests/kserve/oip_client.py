@@ -185,11 +185,35 @@ async def op_kserve(target: str, cmd: dict[str, Any]) -> Any:
     return answers
 
 
+def fields_of(descriptor: Any) -> dict[str, dict[str, list[Any]]]:
+    """Every message under ``descriptor`` (nested too): field name -> [number, type, repeated]."""
+    found: dict[str, dict[str, list[Any]]] = {}
+    for message in descriptor.message_types_by_name.values() if hasattr(descriptor, "message_types_by_name") else []:
+        stack = [message]
+        while stack:
+            m = stack.pop()
+            found[m.full_name] = {f.name: [f.number, f.type, f.label == f.LABEL_REPEATED] for f in m.fields}
+            stack.extend(m.nested_types)
+    return found
+
+
+def op_descriptors() -> Any:
+    """The protocol's messages as tritonclient defines them, for a field-number check."""
+    from tritonclient.grpc import model_config_pb2
+
+    messages = {**fields_of(service_pb2.DESCRIPTOR), **fields_of(model_config_pb2.DESCRIPTOR)}
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    methods = {m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods}
+    return {"messages": messages, "methods": methods}
+
+
 def main() -> None:
     cmd = json.loads(sys.stdin.read())
     target = cmd["target"]
     op = cmd["op"]
-    if op == "raw_infer":
+    if op == "descriptors":
+        result = op_descriptors()
+    elif op == "raw_infer":
         result = op_raw_infer(target, cmd)
     elif op == "kserve":
         result = asyncio.run(op_kserve(target, cmd))

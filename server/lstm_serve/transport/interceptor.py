@@ -32,6 +32,9 @@ class _Outcome:
         self.code, message = status_for(exc)
         if self.code is grpc.StatusCode.INTERNAL:
             log.exception("unhandled error", exc_info=exc)
+        pushback = getattr(exc, "retry_after_ms", None)
+        if pushback is not None:
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(pushback)),))
         await context.abort(self.code, message)
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:

@@ -75,8 +75,12 @@ def model_ref(name: str, version: str, field: str = "model_name") -> ModelRef:
     return ModelRef(check_id(name, field), check_id(version, "model_version"))
 
 
-def require_manifest(info: ModelInfo) -> Manifest:
-    """The manifest of a version that can serve, or FAILED_PRECONDITION."""
+def require_manifest(info: ModelInfo, unloaded_ok: bool = False) -> Manifest:
+    """The manifest of a version that can serve, or FAILED_PRECONDITION. With
+    ``unloaded_ok`` (a request that continues a sequence) an unloaded version's
+    manifest decodes it: its sequence finishes on the version it is bound to."""
+    if info.manifest is not None and unloaded_ok and not info.error:
+        return info.manifest
     if info.manifest is None or not info.ready:
         raise ModelNotReady(f"model '{info.name}' version {info.version} is not ready: {info.error or 'unloaded'}")
     return info.manifest

@@ -111,6 +111,8 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 "named by an empty string"
             )
         for key in request.parameters:
+            if key == "unload_dependents":  # no ensembles here: nothing depends on a model
+                continue
             raise InvalidInput(
                 f"parameters['{key[:64]}']: not supported; lstm-serve reads each version's manifest.json and "
                 "model.onnx from the repository folder"
@@ -140,9 +142,9 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         ref = convert.model_ref(request.model_name, request.model_version)
         info = self._domain.model(ref)
-        manifest = convert.require_manifest(info)
-        resolved = ModelRef(info.name, info.version)
         sequence = convert.sequence_of(request, self._settings.kserve_v2.max_sequence_id_bytes)
+        manifest = convert.require_manifest(info, unloaded_ok=sequence is not None and not sequence.start)
+        resolved = ModelRef(info.name, info.version)
         stats = self._domain.stats.of(resolved)
         if manifest.causal and sequence is None:
             raise InvalidInput(
