@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lstmserve.kserve_v2 import grpc_service_pb2, model_config_pb2
 from tests.harness import ServerHandle
 from tests.kserve.conftest import Oip
-from lstmserve.kserve_v2 import grpc_service_pb2, model_config_pb2
 
 
 def _ours() -> dict[str, dict[str, list[Any]]]:
