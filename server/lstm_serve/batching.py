@@ -216,23 +216,26 @@ class Batcher:
                 for step in group:
                     self._queue_wait.observe(started - step.enqueued)
                     self._stats.queue.add(started - step.enqueued)
-                outputs, states, seconds = await loop.run_in_executor(self._executor, self._run_group, group)
-                self._stats.executed(sum(s.rows for s in group), seconds)
+                outputs, states, timing = await loop.run_in_executor(self._executor, self._run_group, group)
             except Exception as exc:
                 log.exception("batch of %d failed", len(group))
                 for step in group:
                     if not step.future.done():
                         step.future.set_exception(exc)
                 continue
+            splitting = time.perf_counter()
             offset = 0
             for step, own in zip(group, stacking.split(states, [s.rows for s in group]), strict=True):
                 end = offset + step.rows
                 if not step.future.done():
                     step.future.set_result((outputs[offset:end] if len(group) > 1 else outputs, own))
                 offset = end
+            self._stats.executed([s.rows for s in group], *timing, time.perf_counter() - splitting)
 
-    def _run_group(self, group: list[_Step]) -> tuple[np.ndarray, list[np.ndarray], float]:
-        """Stack, run and time one same-length group (on the executor thread)."""
+    def _run_group(self, group: list[_Step]) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float]]:
+        """Stack, run and time one same-length group (on the executor thread); the
+        seconds spent stacking and running."""
+        stacking_started = time.perf_counter()
         x = group[0].x if len(group) == 1 else np.concatenate([s.x for s in group])
         states = stacking.stack([s.states for s in group])
         started = time.perf_counter()
@@ -241,7 +244,7 @@ class Batcher:
         self._compute.observe(seconds)
         self._batch_size.observe(x.shape[0])
         self._frames.inc(x.shape[0] * x.shape[1])
-        return outputs, new_states, seconds
+        return outputs, new_states, (started - stacking_started, seconds)
 
 
 def build_batcher(

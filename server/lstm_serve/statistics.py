@@ -7,9 +7,10 @@ reads to split a request's time into queue, compute input, infer and output.
 
 - ``success`` and ``fail``: every inference request of any API, whole duration.
 - ``queue``: time a step waited in the batcher before its onnxruntime call.
-- ``compute_infer``: the onnxruntime call itself, per step.
-- ``compute_input`` and ``compute_output``: decoding the request's tensors and
-  encoding the response's, measured by the API converters that report them.
+- ``compute_input``, ``compute_infer``, ``compute_output``: for each step, stacking
+  the inputs and states of its batch, the onnxruntime call, and splitting the results
+  back (a step shares its batch's times, as a request does in Triton). The three
+  counts are always equal, as perf_analyzer requires.
 - ``inference_count``: sequences (batch rows) inferred; ``execution_count``:
   onnxruntime calls, so their ratio is the batching gain.
 """
@@ -58,12 +59,15 @@ class ModelStats:
     last_inference_ms: int = 0
     batches: dict[int, BatchDuration] = field(default_factory=dict)
 
-    def executed(self, rows: int, seconds: float) -> None:
-        """One onnxruntime call of ``rows`` sequences took ``seconds``."""
+    def executed(self, steps: list[int], stacking_s: float, infer_s: float, splitting_s: float) -> None:
+        """One onnxruntime call ran the steps of ``steps`` rows each."""
         self.execution_count += 1
-        self.inference_count += rows
-        self.compute_infer.add(seconds, rows)
-        self.batches.setdefault(rows, BatchDuration()).compute_infer.add(seconds)
+        self.inference_count += sum(steps)
+        count = len(steps)
+        self.compute_input.add(stacking_s * count, count)
+        self.compute_infer.add(infer_s * count, count)
+        self.compute_output.add(splitting_s * count, count)
+        self.batches.setdefault(sum(steps), BatchDuration()).compute_infer.add(infer_s)
         self.last_inference_ms = int(time.time() * 1000)
 
 

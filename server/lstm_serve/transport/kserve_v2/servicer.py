@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from lstm_serve.domain import ModelRef
 from lstm_serve.errors import InvalidInput, Overloaded, PreconditionFailed, ServeError
 from lstm_serve.facade import DomainFacade
 from lstm_serve.transport.kserve_v2 import convert
@@ -139,31 +137,19 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference -------------------------------------------------------------------------
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        started = time.perf_counter()
         ref = convert.model_ref(request.model_name, request.model_version)
         info = self._domain.model(ref)
         sequence = convert.sequence_of(request, self._settings.kserve_v2.max_sequence_id_bytes)
         manifest = convert.require_manifest(info, unloaded_ok=sequence is not None and not sequence.start)
-        resolved = ModelRef(info.name, info.version)
-        stats = self._domain.stats.of(resolved)
         if manifest.causal and sequence is None:
             raise InvalidInput(
                 f"inference request to model '{manifest.name}' must specify a non-zero or non-empty correlation ID"
             )
         if sequence is not None:
-            step = convert.sequence_request(request, ref, manifest, sequence)
-            stats.compute_input.add(time.perf_counter() - started)
-            result = await self._domain.sequence_step(step)
-            encoding = time.perf_counter()
-            response = convert.sequence_response(request, manifest, result)
-        else:
-            call = convert.predict_input(request, ref, manifest)
-            stats.compute_input.add(time.perf_counter() - started)
-            output = await self._domain.predict(call)
-            encoding = time.perf_counter()
-            response = convert.predict_response(request, manifest, output)
-        stats.compute_output.add(time.perf_counter() - encoding)
-        return response
+            result = await self._domain.sequence_step(convert.sequence_request(request, ref, manifest, sequence))
+            return convert.sequence_response(request, manifest, result)
+        output = await self._domain.predict(convert.predict_input(request, ref, manifest))
+        return convert.predict_response(request, manifest, output)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
