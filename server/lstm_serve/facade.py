@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from lstm_serve import auth
 from lstm_serve.admission import Admission
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelInfo, ModelRef, PredictInput, PredictOutput, StreamMessage, StreamReply
@@ -113,11 +114,13 @@ class DomainFacade:
         )
 
     def list_models(self) -> list[ModelInfo]:
-        """Every model version, ready or not."""
-        return [self._info(entry) for entry in self.repository]
+        """Every model version the caller may use, ready or not."""
+        return [self._info(entry) for entry in self.repository if auth.allowed(entry.name)]
 
     def model(self, ref: ModelRef) -> ModelInfo:
-        """One model version, ready or not; NOT_FOUND when unknown."""
+        """One model version, ready or not; PERMISSION_DENIED when the caller may not
+        use it, NOT_FOUND when unknown."""
+        auth.require_model(ref.name)
         return self._info(self.repository.find(ref.name, ref.version))
 
     # ---- inference -----------------------------------------------------------------

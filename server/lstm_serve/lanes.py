@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lstm_serve import auth
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelRef
 from lstm_serve.manifest import Manifest
@@ -40,6 +41,7 @@ class Lane:
             model=self.ref,
             model_hash=self.runtime.content_hash,
             states=tuple(self.runtime.zero_states(1)),
+            principal=auth.owner(),
         )
 
 
@@ -55,7 +57,8 @@ class Lanes:
             self._lanes[ref] = Lane(entry, runtime, batcher, SessionStep(runtime.manifest, batcher, store))
 
     def resolve(self, ref: ModelRef) -> Lane:
-        """The lane of ``ref``: NOT_FOUND for an unknown model, FAILED_PRECONDITION for
-        one that is not ready."""
+        """The lane of ``ref``: PERMISSION_DENIED for a model the caller may not use,
+        NOT_FOUND for an unknown model, FAILED_PRECONDITION for one that is not ready."""
+        auth.require_model(ref.name)
         entry, _ = self.repository.resolve(ref.name, ref.version)
         return self._lanes[ModelRef(entry.name, entry.version)]
