@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"lstm-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    for problem in settings.problems():
+        print(f"lstm-serve: invalid settings: {problem}", file=sys.stderr)
+        return 2
     if args.print_settings:
         print(json.dumps(settings.model_dump(), indent=2))
         return 0

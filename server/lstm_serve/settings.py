@@ -304,11 +304,15 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     """Authentication and per-model authorization."""
 
-    @model_validator(mode="after")
-    def _metrics_tls(self) -> Settings:
+    def problems(self) -> list[str]:
+        """Contradictions between groups, which flags may still resolve, so they are
+        checked on the final settings (the entry point refuses to start on any)."""
+        found = []
         if self.metrics.tls and not self.tls.enabled:
-            raise ValueError("metrics.tls needs tls.cert_file and tls.key_file")
-        return self
+            found.append(
+                "LSTM_SERVE_METRICS__TLS needs LSTM_SERVE_TLS__CERT_FILE and _KEY_FILE (--tls-cert, --tls-key)"
+            )
+        return found
 
     @property
     def metrics_host(self) -> str:
