@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LSTM_SERVE_"
@@ -44,7 +44,8 @@ class ServerSettings(BaseModel):
     """A second, plaintext port that serves only ``grpc.health.v1`` (Check and Watch),
     for Kubernetes' native gRPC probes, which cannot speak TLS. Bound to ``host``; 0 picks
     a free port. Unset (the default): no such port. Keep it out of the NetworkPolicy's
-    allowed ingress so that only the kubelet reaches it (docs/security.md)."""
+    allowed ingress so that only the kubelet reaches it (docs/security.md). With
+    ``workers`` > 1 give a fixed port: every worker binds it, shared."""
 
     workers: int = Field(1, ge=1, le=64)
     """Server processes sharing the gRPC port (SO_REUSEPORT). The kernel spreads
@@ -197,18 +198,10 @@ class TlsSettings(BaseModel):
     changes (read and hashed off the event loop). A change is in use for new
     connections and calls within this time."""
 
-    @model_validator(mode="after")
-    def _pairs(self) -> TlsSettings:
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ValueError("tls: give both cert_file and key_file (--tls-cert, --tls-key), or neither")
-        if self.client_ca_file and not self.cert_file:
-            raise ValueError("tls: client_ca_file (mTLS) needs cert_file and key_file")
-        return self
-
     @property
     def enabled(self) -> bool:
         """True when the gRPC port speaks TLS."""
-        return bool(self.cert_file)
+        return bool(self.cert_file and self.key_file)
 
 
 class AuthSettings(BaseModel):
@@ -238,12 +231,6 @@ class AuthSettings(BaseModel):
 
     open_reflection: bool = True
     """Serve server reflection without a credential. False: it needs one."""
-
-    @model_validator(mode="after")
-    def _jwt_checks(self) -> AuthSettings:
-        if self.jwks_file and not (self.issuer and self.audience):
-            raise ValueError("auth: jwks_file needs issuer and audience (--auth-issuer, --auth-audience)")
-        return self
 
     @property
     def enabled(self) -> bool:
@@ -308,6 +295,15 @@ class Settings(BaseSettings):
         """Contradictions between groups, which flags may still resolve, so they are
         checked on the final settings (the entry point refuses to start on any)."""
         found = []
+        tls, auth = self.tls, self.auth
+        if bool(tls.cert_file) != bool(tls.key_file):
+            found.append("tls: give both LSTM_SERVE_TLS__CERT_FILE and _KEY_FILE (--tls-cert, --tls-key), or neither")
+        if tls.client_ca_file and not tls.cert_file:
+            found.append("tls: LSTM_SERVE_TLS__CLIENT_CA_FILE (mTLS) needs the certificate and key files")
+        if auth.jwks_file and not (auth.issuer and auth.audience):
+            found.append(
+                "auth: LSTM_SERVE_AUTH__JWKS_FILE needs an issuer and an audience (--auth-issuer, --auth-audience)"
+            )
         if self.metrics.tls and not self.tls.enabled:
             found.append(
                 "LSTM_SERVE_METRICS__TLS needs LSTM_SERVE_TLS__CERT_FILE and _KEY_FILE (--tls-cert, --tls-key)"

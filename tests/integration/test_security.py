@@ -199,6 +199,26 @@ def test_mtls_identity_is_a_principal_with_its_models(mtls: tuple[ServerHandle, 
         assert code_of(lambda: client.predict("gru", frames(1, 4))) is grpc.StatusCode.PERMISSION_DENIED
 
 
+def _watch_first(security: Security, target: str) -> grpc.StatusCode | int:
+    """The first status Health/Watch streams (or the code it fails with)."""
+    options = security.options()
+    with grpc.secure_channel(target, security.credentials(), options=options) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        metadata = [("authorization", f"Bearer {security.token}")] if security.token else None
+        try:
+            return int(next(iter(stub.Watch(health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata))).status)
+        except grpc.RpcError as exc:
+            return exc.code()
+
+
+def test_closed_health_watch_needs_a_principal(mtls: tuple[ServerHandle, Path]) -> None:
+    server, directory = mtls
+    mapped = Security(**_client_cert(directory, "svc-m"))  # type: ignore[arg-type]
+    unmapped = Security(**_client_cert(directory, "svc-unmapped"))  # type: ignore[arg-type]
+    assert _watch_first(mapped, server.target) == health_pb2.HealthCheckResponse.SERVING
+    assert _watch_first(unmapped, server.target) is grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_mtls_certificate_without_a_principal_is_unauthenticated(mtls: tuple[ServerHandle, Path]) -> None:
     server, directory = mtls
     with connect(server, **_client_cert(directory, "svc-unmapped")) as client:
