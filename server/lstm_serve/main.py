@@ -272,7 +272,8 @@ def run_workers(settings: Settings, port_file: str | None = None) -> int:
     code = 0
     if port_file is not None:
         try:
-            write_port_file(port_file, port, endpoint.port if endpoint is not None else None)
+            health_port = settings.server.health_port or None  # fixed with workers: they share it
+            write_port_file(port_file, port, endpoint.port if endpoint is not None else None, health_port)
         except OSError as exc:
             log.error("cannot write the port file: %s; stopping the workers", exc)
             code = 1
