@@ -94,6 +94,9 @@ class LstmServer:
     async def start(self) -> None:
         """Load the models and start serving."""
         s = self.settings
+        # Security files first: a bad one stops the start before any model loads.
+        tls = ServerTls(s.tls, self.metrics) if s.tls.enabled else None
+        authenticator = self._build_authenticator()
         providers = choose_providers(s.providers.providers)
         log.info("execution providers: %s", providers)
         repository = await asyncio.to_thread(
@@ -134,7 +137,6 @@ class LstmServer:
             ("grpc.so_reuseport", 1 if s.server.workers > 1 else 0),
         ]
         names = [api.name for api in APIS]
-        authenticator = self._build_authenticator()
         interceptor = ErrorInterceptor(self.metrics, names, authenticator, open_services(s))
         server = grpc.aio.server(interceptors=[interceptor], options=options)
         for api in APIS:
@@ -142,8 +144,7 @@ class LstmServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
         address = f"{s.server.host}:{s.server.port}"
-        if s.tls.enabled:
-            tls = ServerTls(s.tls, self.metrics)
+        if tls is not None:
             self._watched.append(tls.files)
             self.port = server.add_secure_port(address, tls.credentials())
             log.info("TLS on the gRPC port%s", " with client certificates required (mTLS)" if tls.mutual else "")

@@ -281,6 +281,27 @@ def test_api_key_good_bad_missing_and_wrong_model(auth: dict[str, object]) -> No
     assert metric_sum(samples, "lstm_serve_auth_refusals_total", code="PERMISSION_DENIED", method="api-key") >= 4
 
 
+@pytest.mark.parametrize(
+    ("metadata", "accepted"),
+    [
+        ([("authorization", f"bearer {KEY_B}")], True),  # the scheme is case-insensitive
+        ([("authorization", f"Basic {KEY_B}")], False),
+        ([("authorization", KEY_B)], False),
+        ([("authorization", f"Bearer {KEY_B}"), ("authorization", f"Bearer {KEY_A}")], False),
+    ],
+)
+def test_authorization_metadata_forms(auth: dict[str, object], metadata: list[tuple[str, str]], accepted: bool) -> None:
+    with grpc.insecure_channel(_server(auth).target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        try:
+            reply = stub.ListModels(pb.ListModelsRequest(), timeout=5, metadata=metadata)
+        except grpc.RpcError as exc:
+            assert not accepted and exc.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert KEY_A not in (exc.details() or "") and KEY_B not in (exc.details() or "")
+            return
+    assert accepted and [m.name for m in reply.models] == ["lstm"]
+
+
 def test_api_key_file_reload(auth: dict[str, object]) -> None:
     server, keys = _server(auth), auth["keys"]
     assert isinstance(keys, Path)
