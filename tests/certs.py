@@ -5,6 +5,7 @@ with a JWKS's keys."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import time
 from dataclasses import dataclass
@@ -87,8 +88,6 @@ class CertificateAuthority:
         now = dt.datetime.now(dt.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         if not client:
-            import ipaddress
-
             names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
         builder = (
             x509.CertificateBuilder()
