@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_client.client import Security
 from lstm_client.launch import ServerProcess, run_server, scrape
 
 __all__ = [
@@ -38,9 +39,11 @@ def start_server(
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
     ready_timeout: float = 60.0,
+    security: Security | None = None,
 ) -> AbstractContextManager[ServerProcess]:
     """Run ``lstm-serve`` until the block exits (then SIGTERM it). It binds free loopback
-    ports itself (port 0) and reports them back; the handle carries them."""
+    ports itself (port 0) and reports them back; the handle carries them. ``security``
+    is how the readiness check and ``handle.client()`` connect (TLS, token)."""
     log_dir = Path(os.environ.get("LSTM_SERVE_TEST_LOGS", "/tmp"))
     log_dir.mkdir(parents=True, exist_ok=True)
     fd, log_name = tempfile.mkstemp(dir=log_dir, prefix="lstm-serve-test-", suffix=".log")
@@ -50,7 +53,9 @@ def start_server(
         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
         "--models", str(models_dir), *(args or []),
     ]
-    return run_server(cmd, None, None, Path(log_name), env=env, cwd=REPO, ready_timeout=ready_timeout)
+    return run_server(
+        cmd, None, None, Path(log_name), env=env, cwd=REPO, ready_timeout=ready_timeout, security=security
+    )
 
 
 def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -3,10 +3,13 @@
 from lstm_client.client import (
     LstmClient,
     PredictResult,
+    Security,
     StatusError,
     StreamCall,
     StreamProtocolError,
     StreamResult,
 )
 
-__all__ = ["LstmClient", "PredictResult", "StatusError", "StreamCall", "StreamProtocolError", "StreamResult"]
+__all__ = [
+    "LstmClient", "PredictResult", "Security", "StatusError", "StreamCall", "StreamProtocolError", "StreamResult",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from lstm_client.client import DEFAULT_TARGET, LstmClient, StatusError, StreamResult, event_dict
+from lstm_client.client import (
+    DEFAULT_TARGET,
+    TOKEN_ENV,
+    LstmClient,
+    Security,
+    StatusError,
+    StreamResult,
+    event_dict,
+)
 from lstm_client.wav import WavError, read_wav
 from lstmserve.v1 import inference_pb2 as pb
 
@@ -30,9 +39,13 @@ examples:
   lstm-client predict har --input walk.npy --json
   lstm-client stream har --input walk.npy --chunk-frames 10
   lstm-client stream kws --wav demo/demo1.wav --realtime
+  lstm-client --target H:P --tls-ca ca.pem --token K health     # TLS and an API key or JWT
+  lstm-client --tls-ca ca.pem --tls-cert me.pem --tls-key me.key models   # mTLS
 
---target defaults to {DEFAULT_TARGET}. With --json each command prints exactly one JSON
-document on stdout. Errors go to stderr as 'error: STATUS: message' with exit code 1.
+--target defaults to {DEFAULT_TARGET}. Connection options (--target, --timeout, --tls-*,
+--token) come before the command; the token may also come from {TOKEN_ENV}. With --json
+each command prints exactly one JSON document on stdout. Errors go to stderr as
+'error: STATUS: message' with exit code 1.
 """
 
 
@@ -234,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server HOST:PORT (default {DEFAULT_TARGET})")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds (default 60)")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    parser.add_argument("--tls-ca", metavar="FILE", help="use TLS; the server's certificate must chain to this PEM CA")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mTLS; needs --tls-key")
+    parser.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM)")
+    parser.add_argument("--tls-server-name", metavar="NAME",
+                        help="the name the server's certificate must carry, when it is not the target's host")
+    parser.add_argument("--token", help=f"API key or JWT, sent as 'authorization: Bearer ...' (default ${TOKEN_ENV})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -289,8 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lstm-client`` console script."""
     args = build_parser().parse_args(argv)
+    security = Security(
+        tls=args.tls, ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
+        server_name=args.tls_server_name, token=args.token or os.environ.get(TOKEN_ENV) or None,
+    )
     try:
-        with LstmClient(args.target, timeout=args.timeout) as client:
+        connected = LstmClient(args.target, timeout=args.timeout, security=security)
+    except (ValueError, OSError) as exc:
+        print(f"error: TLS files: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with connected as client:
             return int(args.func(client, args))
     except StatusError as exc:
         print(f"error: {exc.code.name}: {exc.details}", file=sys.stderr)

@@ -11,6 +11,7 @@ import queue
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -265,6 +266,86 @@ class StreamCall:
             raise StatusError.from_rpc(exc) from None
 
 
+TOKEN_ENV = "LSTM_SERVE_TOKEN"
+"""Where the CLI takes the bearer token from when ``--token`` is not given."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """How a client proves itself and checks the server: TLS (with ``ca_file``, or the
+    system's roots when only ``tls`` is set), a client certificate for mTLS, and a
+    bearer token (an API key or a JWT) sent as ``authorization: Bearer <token>``."""
+
+    tls: bool = False
+    ca_file: str | None = None
+    """PEM CA certificates the server's certificate must chain to (implies TLS)."""
+    cert_file: str | None = None
+    """PEM client certificate chain for mTLS (implies TLS; needs ``key_file``)."""
+    key_file: str | None = None
+    server_name: str | None = None
+    """The name the server's certificate must carry, when it is not the target's host."""
+    token: str | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when the channel speaks TLS."""
+        return self.tls or bool(self.ca_file or self.cert_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel's TLS credentials (read from the files now)."""
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("give both a client certificate and its key (--tls-cert, --tls-key), or neither")
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def options(self) -> list[tuple[str, Any]]:
+        """Channel options: the expected server name."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name and self.uses_tls else []
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> _CallDetails:
+        return _CallDetails(
+            details.method, details.timeout, [*(details.metadata or ()), self._entry], details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
 class LstmClient:
     """Client for one lstm-serve endpoint."""
 
@@ -274,8 +355,9 @@ class LstmClient:
         timeout: float | None = 30.0,
         max_message_bytes: int = 64 << 20,
         options: Sequence[tuple[str, Any]] = (),
+        security: Security | None = None,
     ) -> None:
-        """Connect to ``target``.
+        """Connect to ``target``, in plaintext unless ``security`` asks for TLS.
 
         ``options`` are extra grpc channel options, e.g. for client-side balancing over
         a headless Service: ``target="dns:///lstm-serve-headless:50051",
@@ -285,16 +367,21 @@ class LstmClient:
         self.timeout = timeout
         self._max_message_bytes = max_message_bytes
         self._options = tuple(options)
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                *options,
-            ],
-        )
-        self.stub = pb_grpc.InferenceStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.security = security or Security()
+        channel_options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            *self.security.options(),
+            *options,
+        ]
+        if self.security.uses_tls:
+            self.channel = grpc.secure_channel(target, self.security.credentials(), options=channel_options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=channel_options)
+        token = self.security.token
+        calls = grpc.intercept_channel(self.channel, _Bearer(token)) if token else self.channel
+        self.stub = pb_grpc.InferenceStub(calls)
+        self._health = health_pb2_grpc.HealthStub(calls)
 
     def close(self) -> None:
         """Close the channel."""
@@ -302,7 +389,7 @@ class LstmClient:
 
     def reconnect(self) -> LstmClient:
         """A new client on a fresh channel to the same target (it may reach another replica)."""
-        return LstmClient(self.target, self.timeout, self._max_message_bytes, self._options)
+        return LstmClient(self.target, self.timeout, self._max_message_bytes, self._options, self.security)
 
     def __enter__(self) -> LstmClient:
         return self

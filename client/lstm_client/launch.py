@@ -18,10 +18,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lstm_client.client import LstmClient
+from lstm_client.client import LstmClient, Security
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,6 +40,10 @@ class ServerProcess:
     port: int
     metrics_port: int
     log_path: Path
+    security: Security = field(default_factory=Security)
+    """How clients of this server connect (TLS, client certificate, token)."""
+    health_port: int = 0
+    """The plaintext health-only port (``--health-port``), 0 without one."""
 
     @property
     def target(self) -> str:
@@ -51,9 +55,10 @@ class ServerProcess:
         """The Prometheus endpoint."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def client(self, timeout: float = 30.0) -> LstmClient:
-        """A new client connected to this server."""
-        return LstmClient(self.target, timeout=timeout)
+    def client(self, timeout: float = 30.0, security: Security | None = None) -> LstmClient:
+        """A new client connected to this server, with the server's ``security`` unless
+        another is given."""
+        return LstmClient(self.target, timeout=timeout, security=security or self.security)
 
     def log(self) -> str:
         """Everything the process printed so far."""
@@ -70,6 +75,7 @@ def run_server(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     ready_timeout: float = 60.0,
+    security: Security | None = None,
 ) -> Iterator[ServerProcess]:
     """Start ``cmd``, wait until health says SERVING, and SIGTERM it when the block exits.
 
@@ -77,7 +83,8 @@ def run_server(
     With ``port=None``, ``cmd`` is an ``lstm-serve`` command that binds any free ports
     (``--port 0 --metrics-port 0``): ``--port-file`` is appended, pointing at a pipe, and
     the ports come back from it (``metrics_port`` is then ignored; 0 without metrics).
-    ``LSTM_SERVE_*`` variables of this process are not passed on; ``env`` adds variables."""
+    ``LSTM_SERVE_*`` variables of this process are not passed on; ``env`` adds variables.
+    ``security`` is how the readiness check and :meth:`ServerProcess.client` connect."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     full_env.update(env or {})
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +106,7 @@ def run_server(
             if fd >= 0:
                 os.close(fd)
         raise
-    server = ServerProcess(process, port or 0, metrics_port or 0, log_path)
+    server = ServerProcess(process, port or 0, metrics_port or 0, log_path, security or Security())
     try:
         if port is None:
             try:
@@ -108,7 +115,7 @@ def run_server(
                 raise RuntimeError(f"{cmd[0]} reported no ports ({exc}):\n{server.log()}") from None
             finally:
                 os.close(read_fd)
-            server.port, server.metrics_port = bound
+            server.port, server.metrics_port, server.health_port = bound
         with server.client() as client:
             try:
                 client.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
@@ -125,7 +132,7 @@ def run_server(
                 process.wait()
 
 
-def _read_ports(fd: int, deadline: float) -> tuple[int, int]:
+def _read_ports(fd: int, deadline: float) -> tuple[int, int, int]:
     """The JSON line ``lstm-serve --port-file`` writes, read from the pipe ``fd``: blocks
     until the line, the end of the pipe (the process exited) or ``deadline``."""
     data = b""
@@ -140,10 +147,10 @@ def _read_ports(fd: int, deadline: float) -> tuple[int, int]:
     ports = json.loads(data)
     if not isinstance(ports, dict):
         raise ValueError(f"unexpected port file content {data!r}")
-    port, metrics_port = ports.get("port"), ports.get("metrics_port") or 0
-    if not isinstance(port, int) or port <= 0 or not isinstance(metrics_port, int):
+    port, metrics_port, health_port = ports.get("port"), ports.get("metrics_port") or 0, ports.get("health_port") or 0
+    if not isinstance(port, int) or port <= 0 or not isinstance(metrics_port, int) or not isinstance(health_port, int):
         raise ValueError(f"unexpected port file content {data!r}")
-    return port, metrics_port
+    return port, metrics_port, health_port
 
 
 def scrape(url: str) -> dict[str, float]:

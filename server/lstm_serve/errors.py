@@ -93,6 +93,15 @@ class Draining(ServeError):
     """The server is shutting down and accepts no new work."""
 
 
+class Unauthenticated(ServeError):
+    """The call carries no credential, or one that is invalid, expired or unknown.
+    The message says which, never what the credential was."""
+
+
+class PermissionDenied(ServeError):
+    """The caller is authenticated but may not use this model."""
+
+
 class DeadlineExceeded(ServeError):
     """A server-side timeout passed (e.g. a stream idle for too long)."""
 

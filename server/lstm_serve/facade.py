@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from lstm_serve import auth
 from lstm_serve.admission import Admission
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelInfo, ModelRef, PredictInput, PredictOutput, StreamMessage, StreamReply
@@ -209,11 +210,13 @@ class DomainFacade:
         )
 
     def list_models(self) -> list[ModelInfo]:
-        """Every model version, ready or not."""
-        return [self._info(entry) for entry in self.repository]
+        """Every model version the caller may use, ready or not."""
+        return [self._info(entry) for entry in self.repository if auth.allowed(entry.name)]
 
     def model(self, ref: ModelRef) -> ModelInfo:
-        """One model version, ready or not; NOT_FOUND when unknown."""
+        """One model version, ready or not; PERMISSION_DENIED when the caller may not
+        use it, NOT_FOUND when unknown."""
+        auth.require_model(ref.name)
         return self._info(self.repository.find(ref.name, ref.version))
 
     def statistics(self, ref: ModelRef | None) -> list[tuple[ModelRef, ModelStats]]:

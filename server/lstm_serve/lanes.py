@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from lstm_serve import auth
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import ModelNotReady, PreconditionFailed, echo
@@ -42,6 +43,7 @@ class Lane:
             model=self.ref,
             model_hash=self.runtime.content_hash,
             states=tuple(self.runtime.zero_states(1)),
+            principal=auth.owner(),
         )
 
 
@@ -71,8 +73,9 @@ class Lanes:
         return iter(list(self._lanes.values()))
 
     def resolve(self, ref: ModelRef) -> Lane:
-        """The lane of ``ref``: NOT_FOUND for an unknown model, FAILED_PRECONDITION for
-        one that is not ready."""
+        """The lane of ``ref``: PERMISSION_DENIED for a model the caller may not use,
+        NOT_FOUND for an unknown model, FAILED_PRECONDITION for one that is not ready."""
+        auth.require_model(ref.name)
         entry, _ = self.repository.resolve(ref.name, ref.version)
         return self._lanes[ModelRef(entry.name, entry.version)]
 

@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from lstm_serve import __version__
+from lstm_serve.credentials import CredentialFileError
 from lstm_serve.metrics import multiprocess_registry, serve_metrics
 from lstm_serve.providers import ProviderError
-from lstm_serve.server import LstmServer
+from lstm_serve.server import LstmServer, metrics_tls
 from lstm_serve.settings import Settings
 from lstm_serve.tokens import KeyFileError, load_keys, write_key_file
 
@@ -46,6 +47,9 @@ examples:
   lstm-serve --model-control poll              # pick up new model versions from --models as they appear
   lstm-serve keygen keys.json && lstm-serve --token-keys keys.json   # resume tokens on
   lstm-serve --port 0 --metrics-port 0 --port-file ports.json   # any free ports; read them back
+  lstm-serve --tls-cert tls.crt --tls-key tls.key               # TLS (reloaded when the files change)
+  lstm-serve --tls-cert tls.crt --tls-key tls.key --tls-client-ca ca.crt   # mTLS
+  lstm-serve --auth-keys keys.json                              # API keys (sha256 hashes), see docs/security.md
 """
 
 
@@ -98,6 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between repository rescans with --model-control poll "
         "[LSTM_SERVE_SERVER__POLL_INTERVAL_S, default 5]",
     )
+    p.add_argument("--metrics-host", help="metrics bind address [LSTM_SERVE_METRICS__HOST, default: --host]")
+    p.add_argument(
+        "--health-port",
+        type=int,
+        help="plaintext port serving only grpc.health.v1, for Kubernetes probes under TLS; 0 = any free "
+        "[LSTM_SERVE_SERVER__HEALTH_PORT, default: none]",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain [LSTM_SERVE_TLS__CERT_FILE]")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key [LSTM_SERVE_TLS__KEY_FILE]")
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA: require client certificates it signed (mTLS) [LSTM_SERVE_TLS__CLIENT_CA_FILE]",
+    )
+    p.add_argument(
+        "--auth-keys", metavar="FILE", help="API key hashes and mTLS identities [LSTM_SERVE_AUTH__KEYS_FILE]"
+    )
+    p.add_argument("--auth-jwks", metavar="FILE", help="JWKS that JWTs are checked with [LSTM_SERVE_AUTH__JWKS_FILE]")
+    p.add_argument("--auth-issuer", help="required JWT iss [LSTM_SERVE_AUTH__ISSUER]")
+    p.add_argument("--auth-audience", help="required JWT aud [LSTM_SERVE_AUTH__AUDIENCE]")
     p.add_argument("--grace", type=float, help="drain grace, seconds [LSTM_SERVE_SERVER__GRACE_PERIOD_S, default 10]")
     p.add_argument("--log-level", help="[LSTM_SERVE_SERVER__LOG_LEVEL, default INFO]")
     p.add_argument(
@@ -107,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--port-file",
         metavar="PATH",
         help='[flag only] once the ports are bound, write them to PATH as one JSON line {"port": N, '
-        '"metrics_port": M} (M is null without metrics); use with --port 0 --metrics-port 0. A regular '
+        '"metrics_port": M} (M is null without metrics; "health_port" is added with --health-port); '
+        "use with --port 0 --metrics-port 0. A regular "
         "file is replaced atomically; a pipe (e.g. /dev/fd/N) gets the line. With --workers the parent "
         "writes it once the workers are started. Ready means health SERVING, not this file",
     )
@@ -128,7 +153,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("server", "workers"): args.workers,
         ("server", "model_control"): args.model_control,
         ("server", "poll_interval_s"): args.poll_interval,
+        ("server", "health_port"): args.health_port,
         ("metrics", "port"): args.metrics_port,
+        ("metrics", "host"): args.metrics_host,
+        ("tls", "cert_file"): args.tls_cert,
+        ("tls", "key_file"): args.tls_key,
+        ("tls", "client_ca_file"): args.tls_client_ca,
+        ("auth", "keys_file"): args.auth_keys,
+        ("auth", "jwks_file"): args.auth_jwks,
+        ("auth", "issuer"): args.auth_issuer,
+        ("auth", "audience"): args.auth_audience,
         ("metrics", "enabled"): False if args.no_metrics else None,
         ("providers", "providers"): args.providers.split(",") if args.providers else None,
         ("batching", "enabled"): False if args.no_batching else None,
@@ -145,10 +179,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings.model_validate(base)
 
 
-def write_port_file(path: str, port: int, metrics_port: int | None) -> None:
+def write_port_file(path: str, port: int, metrics_port: int | None, health_port: int | None = None) -> None:
     """Write the bound ports to ``path`` as one JSON line: by an atomic rename for a
     regular file, or straight into an existing pipe or device (``/dev/fd/N``)."""
-    line = json.dumps({"port": port, "metrics_port": metrics_port}) + "\n"
+    ports = {"port": port, "metrics_port": metrics_port}
+    if health_port is not None:
+        ports["health_port"] = health_port
+    line = json.dumps(ports) + "\n"
     target = Path(path)
     if target.exists() and not stat.S_ISREG(target.stat().st_mode):
         with target.open("w") as pipe:
@@ -170,7 +207,9 @@ async def serve(settings: Settings, port_file: str | None = None) -> None:
     server = LstmServer(settings)
     await server.start()
     if port_file is not None:
-        write_port_file(port_file, server.port, server.metrics_port if settings.metrics.enabled else None)
+        write_port_file(
+            port_file, server.port, server.metrics_port if settings.metrics.enabled else None, server.health_port
+        )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -225,7 +264,9 @@ def run_workers(settings: Settings, port_file: str | None = None) -> int:
         worker.start()
     log.info("started %d workers on port %d: pids %s", len(workers), port, [w.pid for w in workers])
     endpoint = (
-        serve_metrics(multiprocess_registry(metrics_dir), settings.metrics.host, settings.metrics.port)
+        serve_metrics(
+            multiprocess_registry(metrics_dir), settings.metrics_host, settings.metrics.port, metrics_tls(settings)
+        )
         if settings.metrics.enabled
         else None
     )
@@ -245,7 +286,8 @@ def run_workers(settings: Settings, port_file: str | None = None) -> int:
     code = 0
     if port_file is not None:
         try:
-            write_port_file(port_file, port, endpoint.port if endpoint is not None else None)
+            health_port = settings.server.health_port or None  # fixed with workers: they share it
+            write_port_file(port_file, port, endpoint.port if endpoint is not None else None, health_port)
         except OSError as exc:
             log.error("cannot write the port file: %s; stopping the workers", exc)
             code = 1
@@ -309,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"lstm-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    for problem in settings.problems():
+        print(f"lstm-serve: invalid settings: {problem}", file=sys.stderr)
+        return 2
     if args.print_settings:
         print(json.dumps(settings.model_dump(), indent=2))
         return 0
@@ -323,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_workers(settings, args.port_file)
     try:
         asyncio.run(serve(settings, args.port_file))
-    except ProviderError as exc:
+    except (ProviderError, CredentialFileError) as exc:
         print(f"lstm-serve: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

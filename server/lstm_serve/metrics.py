@@ -179,6 +179,20 @@ class Metrics:
             "Writes refused because the stored version had moved on (a stale writer).",
             registry=r,
         )
+        self.credential_reloads = Counter(
+            f"{PREFIX}_credential_reloads_total",
+            "Security files reloaded after they changed on disk, by file (tls, auth_keys, jwks) "
+            "and outcome (ok, or failed: the previous content stays in use).",
+            ["file", "outcome"],
+            registry=r,
+        )
+        self.auth_refusals = Counter(
+            f"{PREFIX}_auth_refusals_total",
+            "Calls refused by authentication or authorization, by code (UNAUTHENTICATED, "
+            "PERMISSION_DENIED) and the credential's method (api-key, jwt, mtls, none).",
+            ["code", "method"],
+            registry=r,
+        )
         self.stream_lag = Histogram(
             f"{PREFIX}_stream_lag_seconds",
             "How far an audio stream trails real time after each chunk: wall time since its "
@@ -239,9 +253,28 @@ class MetricsEndpoint:
             server_close()
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
-    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
+@dataclass(frozen=True)
+class MetricsTls:
+    """HTTPS for the metrics endpoint: the server's certificate and key, and a client
+    CA when scrapers must present a certificate."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+
+
+def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, tls: MetricsTls | None = None
+) -> MetricsEndpoint:
+    """Serve ``registry`` on ``http://host:port/metrics`` (``https://`` with ``tls``)
+    from a daemon thread."""
+    if tls is None:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    else:
+        server, thread = start_http_server(
+            port, addr=host, registry=registry, certfile=tls.cert_file, keyfile=tls.key_file,
+            client_cafile=tls.client_ca_file or None, client_auth_required=bool(tls.client_ca_file),
+        )
     bound_port = server.server_address[1]
     return MetricsEndpoint(port=int(bound_port), _server=server, _thread=thread)
 

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lstm_serve import stacking
+from lstm_serve import auth, stacking
 from lstm_serve.admission import Admission
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import PredictInput, PredictOutput
@@ -106,8 +106,9 @@ class PredictUseCase:
     ) -> None:
         self._lanes = lanes
         self._tokens = tokens
-        self._replays: OrderedDict[tuple[str, int], tuple[int, PredictOutput]] = OrderedDict()
-        """Recent results of calls that stated a frame offset, for their retries."""
+        self._replays: OrderedDict[tuple[str, str, int], tuple[int, PredictOutput]] = OrderedDict()
+        """Recent results of calls that stated a frame offset, for their retries, by
+        owner, session id and offset: a replay is only ever the caller's own."""
         self._sessions = sessions
         self._admission = admission
         self._limits = limits
@@ -274,7 +275,7 @@ class PredictUseCase:
             out.frame_offset, token,
         )
         if stated is not None:
-            self._replays[(live.id, stated)] = (int(frames.shape[0]), result)
+            self._replays[(auth.owner(), live.id, stated)] = (int(frames.shape[0]), result)
             while len(self._replays) > REPLAYS_KEPT:
                 self._replays.popitem(last=False)
         return result
@@ -282,7 +283,7 @@ class PredictUseCase:
     def _replay(self, session_id: str, stated: int, frames: int, refusal: ServeError) -> PredictOutput:
         """The result of the call at ``stated`` again, when this is its retry (the
         session moved on from there, or the call ended it); else ``refusal``."""
-        kept = self._replays.get((session_id, stated))
+        kept = self._replays.get((auth.owner(), session_id, stated))
         moved_on = not isinstance(refusal, OffsetMismatch) or refusal.previous == stated
         if kept is not None and moved_on and kept[0] == frames:
             return dataclasses.replace(kept[1], replayed=True)

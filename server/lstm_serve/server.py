@@ -8,6 +8,7 @@ sessions and calls are refused with UNAVAILABLE, in-flight RPCs get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 from lstm_serve import __version__
 from lstm_serve.batching import build_batcher, build_batchers
+from lstm_serve.credentials import Authenticator
 from lstm_serve.facade import DomainFacade
-from lstm_serve.metrics import Metrics, MetricsEndpoint, serve_metrics
+from lstm_serve.metrics import Metrics, MetricsEndpoint, MetricsTls, serve_metrics
 from lstm_serve.providers import choose_providers
 from lstm_serve.redis_store import RedisSessionStore, SnapshotCodec
 from lstm_serve.repository import ModelRepository
@@ -33,6 +35,8 @@ from lstm_serve.tokens import TokenSealer, load_keys
 from lstm_serve.transport import kserve_v2, lstmserve_v1
 from lstm_serve.transport.api import ApiService
 from lstm_serve.transport.interceptor import ErrorInterceptor
+from lstm_serve.transport.tls import ServerTls
+from lstm_serve.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,28 @@ Protocol unless ``LSTM_SERVE_KSERVE_V2__ENABLED=false``)."""
 STORE_HEALTH_NAME = "lstmserve.sessions.store"
 """Health of the shared session store; stateless work stays SERVING without it."""
 
+HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def metrics_tls(settings: Settings) -> MetricsTls | None:
+    """HTTPS for /metrics when ``LSTM_SERVE_METRICS__TLS`` is on: the gRPC port's files."""
+    if not settings.metrics.tls:
+        return None
+    tls = settings.tls
+    return MetricsTls(tls.cert_file, tls.key_file, tls.client_ca_file)
+
+
+def open_services(settings: Settings) -> list[str]:
+    """The services that need no credential when authentication is on."""
+    names = []
+    if settings.auth.open_health:
+        names.append(HEALTH_SERVICE)
+    if settings.auth.open_reflection:
+        names.append(reflection.SERVICE_NAME)
+    return names
 
 
 class LstmServer:
@@ -58,7 +82,11 @@ class LstmServer:
         self.metrics = Metrics()
         self.port = 0
         self.metrics_port = 0
+        self.health_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._watched: list[WatchedFiles[object]] = []
+        self._reloader: asyncio.Task[None] | None = None
         self._health = health_aio.HealthServicer()
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.domain: DomainFacade | None = None
@@ -69,6 +97,9 @@ class LstmServer:
     async def start(self) -> None:
         """Load the models and start serving."""
         s = self.settings
+        # Security files first: a bad one stops the start before any model loads.
+        tls = ServerTls(s.tls, self.metrics) if s.tls.enabled else None
+        authenticator = self._build_authenticator()
         providers = choose_providers(s.providers.providers)
         log.info("execution providers: %s", providers)
         repository = await asyncio.to_thread(
@@ -111,26 +142,39 @@ class LstmServer:
         ]
         self._apis = [api for api in APIS if api is not kserve_v2.API or s.kserve_v2.enabled]
         names = [api.name for api in self._apis]
-        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics, names)], options=options)
+        interceptor = ErrorInterceptor(self.metrics, names, authenticator, open_services(s))
+        server = grpc.aio.server(interceptors=[interceptor], options=options)
         for api in self._apis:
             api.register(self.domain, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
-        self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
+        reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+        address = f"{s.server.host}:{s.server.port}"
+        if tls is not None:
+            self._watched.append(tls.files)
+            self.port = server.add_secure_port(address, tls.credentials())
+            log.info("TLS on the gRPC port%s", " with client certificates required (mTLS)" if tls.mutual else "")
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC to {s.server.host}:{s.server.port}")
+            raise OSError(f"cannot bind gRPC to {address}")
+        if s.server.health_port is not None:
+            self._health_server = self._build_health_server(s.server.host, s.server.health_port, options)
         if s.metrics.enabled:
-            self._metrics_endpoint = serve_metrics(self.metrics.registry, s.metrics.host, s.metrics.port)
+            self._metrics_endpoint = serve_metrics(
+                self.metrics.registry, s.metrics_host, s.metrics.port, metrics_tls(s)
+            )
             self.metrics_port = self._metrics_endpoint.port
         await server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         self._server = server
+        if self._watched:
+            self._reloader = asyncio.get_running_loop().create_task(self._reload(), name="credential-reload")
         await self._set_health(repository)
         log.info(
-            "serving %d model version(s) on %s:%d (metrics on :%d)",
-            sum(1 for e in repository if e.ready), s.server.host, self.port, self.metrics_port,
+            "serving %d model version(s) on %s:%d (metrics on %s:%d%s)",
+            sum(1 for e in repository if e.ready), s.server.host, self.port, s.metrics_host, self.metrics_port,
+            f", plaintext health on :{self.health_port}" if self.health_port is not None else "",
         )
 
     def _model_gauges(self, repository: ModelRepository) -> None:
@@ -144,6 +188,35 @@ class LstmServer:
         """A model was loaded or unloaded: health and the model gauges follow."""
         self._model_gauges(repository)
         await self._set_model_health(repository)
+    def _build_authenticator(self) -> Authenticator | None:
+        a = self.settings.auth
+        if not a.enabled:
+            return None
+        authenticator = Authenticator(
+            keys_file=a.keys_file, jwks_file=a.jwks_file, issuer=a.issuer, audience=a.audience,
+            leeway_s=a.leeway_s, metrics=self.metrics,
+        )
+        self._watched.extend(authenticator.watched)
+        if not self.settings.tls.enabled:
+            log.warning("authentication is on but the gRPC port is plaintext: credentials travel in the clear")
+        log.info("authentication on (%s)", ", ".join(w.name for w in authenticator.watched))
+        return authenticator
+
+    def _build_health_server(self, host: str, port: int, options: list[tuple[str, int]]) -> grpc.aio.Server:
+        """A plaintext port with grpc.health.v1 only, for the kubelet's gRPC probes."""
+        health_server = grpc.aio.server(options=options)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
+        self.health_port = health_server.add_insecure_port(f"{host}:{port}")
+        if self.health_port == 0:
+            raise OSError(f"cannot bind the health port to {host}:{port}")
+        return health_server
+
+    async def _reload(self) -> None:
+        """Check the TLS and auth files for changes, off the event loop."""
+        while True:
+            await asyncio.sleep(self.settings.tls.reload_interval_s)
+            for watched in self._watched:
+                await asyncio.to_thread(watched.refresh)
 
     def _build_store(self, repository: ModelRepository) -> SessionStore:
         sessions = self.settings.sessions
@@ -192,6 +265,12 @@ class LstmServer:
             if not await self.domain.wait_idle(FINAL_SEND_GRACE_S):
                 log.warning("calls still in flight after the grace; cancelling them")
         await self._server.stop(FINAL_SEND_GRACE_S)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
         await self.domain.close()
         if self._redis is not None:
             await self._redis.close()

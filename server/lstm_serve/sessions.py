@@ -13,6 +13,10 @@
 
 A stream that ends without ``end`` (disconnect, cancel, error) only detaches its
 session: the committed state stays in the store until its idle TTL runs out.
+
+With authentication on, a session belongs to the principal that created it
+(``SessionState.principal``, :func:`lstm_serve.auth.owner`); for any other principal
+it does not exist: continuing it by id or by resume token is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from lstm_serve import auth
 from lstm_serve.audio import AudioPipeline
 from lstm_serve.domain import AudioFormat, ModelRef
 from lstm_serve.errors import Overloaded, ServeError, SessionConflict, SessionNotFound, echo
@@ -288,9 +293,17 @@ class SessionRegistry:
         restore: SessionState | None,
     ) -> tuple[LiveSession, bool]:
         if restore is not None:
+            if restore.principal != auth.owner():
+                raise SessionNotFound(
+                    "resume_token: its session is unknown to this principal; a session continues only "
+                    "for the principal that created it"
+                )
             return await self._restore(restore, stream), True
         live = self._live.get(session_id)
         state = live.state if live is not None else await self.store.get(session_id)
+        if state is not None and state.principal != auth.owner():
+            # Another principal's session is reported as unknown, so ids do not leak.
+            raise self._not_found(session_id, "is unknown")
         if state is not None and mode == "create":
             raise SessionConflict(f"session_id: session '{echo(session_id)}' exists already")
         if state is not None and mode == "restart":
@@ -306,11 +319,7 @@ class SessionRegistry:
                     if await self.store.was_expired(session_id)
                     else "is unknown"
                 )
-                raise SessionNotFound(
-                    f"session_id: session '{echo(session_id)}' {why} here; nothing was started. Resume "
-                    "it with a resume_token, route the call by session id to the replica that holds it, "
-                    "or start a new session (frame_offset 0, or without must_exist)"
-                )
+                raise self._not_found(session_id, why)
             new = fresh(session_id)
             if new.session_id in self._live:
                 raise self._conflict(self._live[new.session_id])
@@ -337,6 +346,14 @@ class SessionRegistry:
         self._hold(live, stream)
         self._metrics.resumes.labels("memory", "ok").inc()
         return live, True
+
+    @staticmethod
+    def _not_found(session_id: str, why: str) -> SessionNotFound:
+        return SessionNotFound(
+            f"session_id: session '{echo(session_id)}' {why} here; nothing was started. Resume "
+            "it with a resume_token, route the call by session id to the replica that holds it, "
+            "or start a new session (frame_offset 0, or without must_exist)"
+        )
 
     async def _restore(self, state: SessionState, stream: bool) -> LiveSession:
         live = self._live.get(state.session_id)

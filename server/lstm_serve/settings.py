@@ -51,6 +51,12 @@ class ServerSettings(BaseModel):
 
     poll_interval_s: float = Field(5.0, gt=0)
     """With ``model_control=poll``: seconds between rescans of the repository folder."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """A second, plaintext port that serves only ``grpc.health.v1`` (Check and Watch),
+    for Kubernetes' native gRPC probes, which cannot speak TLS. Bound to ``host``; 0 picks
+    a free port. Unset (the default): no such port. Keep it out of the NetworkPolicy's
+    allowed ingress so that only the kubelet reaches it (docs/security.md). With
+    ``workers`` > 1 give a fixed port: every worker binds it, shared."""
 
     workers: int = Field(1, ge=1, le=64)
     """Server processes sharing the gRPC port (SO_REUSEPORT). The kernel spreads
@@ -197,6 +203,64 @@ class KServeV2Settings(BaseModel):
 
     max_sequence_id_bytes: int = Field(128, ge=1, le=16384)
     """Longest string ``sequence_id`` accepted, in UTF-8 bytes (Triton's limit is 128)."""
+class TlsSettings(BaseModel):
+    """TLS and mTLS on the gRPC port. Off (plaintext) unless both files are given."""
+
+    cert_file: str = ""
+    """PEM certificate chain the server presents (leaf first). With ``key_file``, the
+    gRPC port speaks TLS only. Reloaded when the file changes."""
+
+    key_file: str = ""
+    """PEM private key (unencrypted) of ``cert_file``. Reloaded when the file changes."""
+
+    client_ca_file: str = ""
+    """PEM CA certificates for mTLS: every connection must present a client certificate
+    they signed, for every method (health and reflection included). Empty: no client
+    certificate asked for. Reloaded when the file changes."""
+
+    reload_interval_s: float = Field(5.0, gt=0)
+    """How often the TLS files, the API keys file and the JWKS file are checked for
+    changes (read and hashed off the event loop). A change is in use for new
+    connections and calls within this time."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when the gRPC port speaks TLS."""
+        return bool(self.cert_file and self.key_file)
+
+
+class AuthSettings(BaseModel):
+    """Authentication and per-model authorization. Off unless a keys file or a JWKS
+    file is given; then every call needs a credential, except to the open services."""
+
+    keys_file: str = ""
+    """JSON file of API key hashes and mTLS identities with their models
+    (docs/security.md). Reloaded when it changes."""
+
+    jwks_file: str = ""
+    """JWKS file (``{"keys": [...]}``, public keys with a ``kid``) that JWT signatures
+    are checked against. Needs ``issuer`` and ``audience``. Reloaded when it changes."""
+
+    issuer: str = ""
+    """The ``iss`` every JWT must carry."""
+
+    audience: str = ""
+    """The ``aud`` every JWT must carry (one of, when it is a list)."""
+
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    """Clock skew allowed when checking a JWT's ``exp`` and ``nbf``."""
+
+    open_health: bool = True
+    """Serve ``grpc.health.v1`` without a credential (mTLS still applies: it is the
+    handshake). False: health calls need a credential like any other."""
+
+    open_reflection: bool = True
+    """Serve server reflection without a credential. False: it needs one."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when calls need a credential."""
+        return bool(self.keys_file or self.jwks_file)
 
 
 class MetricsSettings(BaseModel):
@@ -205,8 +269,15 @@ class MetricsSettings(BaseModel):
     enabled: bool = True
     """Serve /metrics over HTTP."""
 
-    host: str = "0.0.0.0"
-    """Address the metrics endpoint binds to."""
+    host: str = ""
+    """Address the metrics endpoint binds to. Empty (the default): the gRPC ``host``
+    (``--host``), so ``--host 127.0.0.1`` keeps metrics on loopback too. Set it apart,
+    e.g. ``0.0.0.0``, to let Prometheus scrape a server whose gRPC port is local."""
+
+    tls: bool = False
+    """Serve /metrics over HTTPS with the gRPC port's certificate and key (read at
+    start; not reloaded). Needs ``LSTM_SERVE_TLS__CERT_FILE``; with
+    ``LSTM_SERVE_TLS__CLIENT_CA_FILE`` scrapers need a client certificate too."""
 
     port: int = Field(9090, ge=0, le=65535)
     """Metrics port (0 picks a free port)."""
@@ -241,6 +312,36 @@ class Settings(BaseSettings):
 
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     """Prometheus endpoint."""
+
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    """TLS and mTLS of the gRPC port."""
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    """Authentication and per-model authorization."""
+
+    def problems(self) -> list[str]:
+        """Contradictions between groups, which flags may still resolve, so they are
+        checked on the final settings (the entry point refuses to start on any)."""
+        found = []
+        tls, auth = self.tls, self.auth
+        if bool(tls.cert_file) != bool(tls.key_file):
+            found.append("tls: give both LSTM_SERVE_TLS__CERT_FILE and _KEY_FILE (--tls-cert, --tls-key), or neither")
+        if tls.client_ca_file and not tls.cert_file:
+            found.append("tls: LSTM_SERVE_TLS__CLIENT_CA_FILE (mTLS) needs the certificate and key files")
+        if auth.jwks_file and not (auth.issuer and auth.audience):
+            found.append(
+                "auth: LSTM_SERVE_AUTH__JWKS_FILE needs an issuer and an audience (--auth-issuer, --auth-audience)"
+            )
+        if self.metrics.tls and not self.tls.enabled:
+            found.append(
+                "LSTM_SERVE_METRICS__TLS needs LSTM_SERVE_TLS__CERT_FILE and _KEY_FILE (--tls-cert, --tls-key)"
+            )
+        return found
+
+    @property
+    def metrics_host(self) -> str:
+        """Where the metrics endpoint binds: its own host, else the gRPC host."""
+        return self.metrics.host or self.server.host
 
 
 def env_var_names() -> list[str]:

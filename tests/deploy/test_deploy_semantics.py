@@ -82,7 +82,8 @@ def test_service_monitor_selects_exactly_the_clusterip_service(overlay: Rendered
 
 def test_services_target_named_container_ports(overlay: Rendered) -> None:
     ports = container_ports(overlay)
-    assert ports == {"grpc": 50051, "metrics": 9090}
+    health = health_port(overlay)
+    assert ports == {"grpc": 50051, "metrics": 9090, **({"health": health} if health is not None else {})}
     for service in overlay.of_kind("Service"):
         for port in service["spec"]["ports"]:
             target = port["targetPort"]
@@ -90,6 +91,7 @@ def test_services_target_named_container_ports(overlay: Rendered) -> None:
                 f"Service {service['metadata']['name']} targets {target!r}; named ports are {sorted(ports)}"
             )
             assert port["name"] == target
+            assert target != "health", "the plaintext health port is for the kubelet's probes only"
     headless = overlay.one("Service", "lstm-serve-headless")["spec"]
     assert headless["clusterIP"] == "None"
     assert [p["name"] for p in headless["ports"]] == ["grpc"]
@@ -112,14 +114,42 @@ def test_network_policy_ports_exist(overlay: Rendered) -> None:
     assert {p for p in allowed if isinstance(p, str)} <= set(ports)
 
 
+def health_port(rendered: Rendered) -> int | None:
+    """The plaintext health-only port the settings open (``LSTM_SERVE_SERVER__HEALTH_PORT``)."""
+    value = config_data(rendered).get("LSTM_SERVE_SERVER__HEALTH_PORT")
+    return int(value) if value else None
+
+
 def test_probes_use_grpc_health_on_grpc_port(overlay: Rendered) -> None:
+    """Native gRPC probes of the overall service: on the gRPC port, or, when TLS is on
+    (the kubelet cannot speak it), on the plaintext health-only port."""
     container = server_container(overlay)
-    grpc_port = container_ports(overlay)["grpc"]
+    ports = container_ports(overlay)
+    tls = "LSTM_SERVE_TLS__CERT_FILE" in config_data(overlay)
+    expected = health_port(overlay) if tls else ports["grpc"]
+    assert expected is not None, "with TLS on, the probes need LSTM_SERVE_SERVER__HEALTH_PORT"
+    assert not tls or ports.get("health") == expected, "the health port is a named container port"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         spec = container[probe]
         assert set(spec) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
-        assert spec["grpc"]["port"] == grpc_port, probe
+        assert spec["grpc"]["port"] == expected, probe
         assert spec["grpc"].get("service", "") == "", f"{probe} must check the overall service"
+
+
+def test_tls_files_come_from_a_mounted_secret(overlay: Rendered) -> None:
+    """Every TLS file is in a Secret mounted as a directory (no subPath, so a rotated
+    Secret reaches the running pod), read-only."""
+    data = config_data(overlay)
+    files = [data[k] for k in ("LSTM_SERVE_TLS__CERT_FILE", "LSTM_SERVE_TLS__KEY_FILE",
+                               "LSTM_SERVE_TLS__CLIENT_CA_FILE") if data.get(k)]
+    volumes = {v["name"]: v for v in pod_spec(overlay).get("volumes", [])}
+    for path in files:
+        mounts = [m for m in server_container(overlay).get("volumeMounts", [])
+                  if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert len(mounts) == 1, f"{path} is not under one volume mount"
+        mount = mounts[0]
+        assert mount.get("readOnly") and "subPath" not in mount, mount
+        assert "secret" in volumes[mount["name"]], f"{path} must come from a Secret"
 
 
 def test_configmap_keys_are_real_settings(overlay: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,6 +286,7 @@ def test_dev_overlay_is_small(rendered_overlays: dict[str, Rendered]) -> None:
         ("cpu", "ghcr.io/lstm-serve/lstm-serve:0.1.0"),
         ("gpu", "ghcr.io/lstm-serve/lstm-serve-gpu:0.1.0"),
         ("dev", "lstm-serve:dev"),
+        ("cpu-tls", "ghcr.io/lstm-serve/lstm-serve:0.1.0"),
     ],
 )
 def test_overlay_image(rendered_overlays: dict[str, Rendered], name: str, image: str) -> None:
