@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelRef
 from lstm_serve.manifest import Manifest
+from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelEntry, ModelRepository
 from lstm_serve.runtime import ModelRuntime
 from lstm_serve.sessions import SessionStore
@@ -46,13 +47,19 @@ class Lane:
 class Lanes:
     """Finds the lane of a model reference."""
 
-    def __init__(self, repository: ModelRepository, batchers: dict[ModelRef, Batcher], store: SessionStore) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        batchers: dict[ModelRef, Batcher],
+        store: SessionStore,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.repository = repository
         self._lanes: dict[ModelRef, Lane] = {}
         for ref, batcher in batchers.items():
             entry = repository.find(ref.name, ref.version)
             runtime = entry.require_runtime()
-            self._lanes[ref] = Lane(entry, runtime, batcher, SessionStep(runtime.manifest, batcher, store))
+            self._lanes[ref] = Lane(entry, runtime, batcher, SessionStep(runtime.manifest, batcher, store, metrics))
 
     def resolve(self, ref: ModelRef) -> Lane:
         """The lane of ``ref``: NOT_FOUND for an unknown model, FAILED_PRECONDITION for

@@ -151,7 +151,7 @@ class StreamUseCase:
             if message is None:
                 return
             if isinstance(message, _DrainSignal):
-                yield stream.draining(message)
+                yield await stream.draining(message)
                 if message.closing:
                     raise Draining(
                         "server is shutting down and the drain grace is over; resume the session on "
@@ -342,8 +342,10 @@ class _Stream:
             behind = (time.monotonic() - self._wall_start) - self._audio_seconds
             self._lag.observe(max(0.0, behind))
 
-    def draining(self, signal: _DrainSignal) -> StreamDraining:
-        """The warning for this stream: time left, a token, the last chunk applied."""
+    async def draining(self, signal: _DrainSignal) -> StreamDraining:
+        """The warning for this stream, after the state kept in memory is written back:
+        time left, a token, the last chunk applied."""
+        await self._sessions.write_back(self._live, "drain")
         state = self._live.state
         sealed = self._tokens.seal(state, self._lane) if self._tokens.enabled else b""
         ref = self._lane.ref

@@ -18,7 +18,7 @@ import grpc
 
 from lstm_serve import errors
 from lstm_serve.metrics import Metrics
-from lstm_serve.transport.status import status_for
+from lstm_serve.transport.status import RETRY_PUSHBACK_KEY, retry_pushback_ms, status_for
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ class _Outcome:
         self.code, message = status_for(exc)
         if self.code is grpc.StatusCode.INTERNAL:
             log.exception("unhandled error", exc_info=exc)
+        pushback = retry_pushback_ms(exc)
+        if pushback is not None:
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(pushback)),))
         await context.abort(self.code, message)
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
