@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from lstm_serve import snapshot
 from lstm_serve.errors import Overloaded, SessionConflict, StoreUnavailable, echo
@@ -214,6 +214,10 @@ class RedisSessionStore:
                 except (RedisError, TimeoutError, OSError) as exc:
                     kind = type(exc).__name__
                     self._metrics.store_errors.labels(name, kind).inc()
+                    # Redis answered (a script error, out of memory): repeating changes nothing;
+                    # a replica that is read-only during a failover is worth another try.
+                    if isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError):
+                        raise self._unavailable(name, kind, self._backoff) from None
                     if deadline - time.monotonic() <= delay:
                         retry_after = self._backoff
                         self._down_until = time.monotonic() + retry_after

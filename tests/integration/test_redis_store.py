@@ -17,7 +17,7 @@ import redis
 from lstm_client import StatusError
 from lstm_client.launch import free_port
 from tests.conftest import FixtureModels
-from tests.harness import FEATURE_DIM, ServerHandle, start_server, wait_until
+from tests.harness import FEATURE_DIM, ServerHandle, metric_sum, scrape, start_server, wait_until
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0,
@@ -107,6 +107,8 @@ def test_stream_paused_on_a_resumes_on_b_by_id_alone(replicas: tuple[ServerHandl
         second = cb.stream("audio", pieces[6:], session_id="redis-audio", must_exist=True, **kw)  # type: ignore[arg-type]
     assert second.resumed and second.frame_offset == first.frames
     np.testing.assert_array_equal(np.concatenate([first.outputs, second.outputs]), whole.outputs)
+    # 6 chunks, fewer than the write-back interval (10): kept in memory, written back on detach
+    assert metric_sum(scrape(replicas[0].metrics_url), "lstm_serve_store_write_backs_total", reason="detach") >= 1
 
 
 def test_a_held_session_is_refused_on_the_other_replica(replicas: tuple[ServerHandle, ServerHandle]) -> None:
