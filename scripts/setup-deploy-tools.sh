@@ -7,6 +7,8 @@
 #   kubernetes-validate strict JSON-schema validation, bundled schemas per k8s version
 #   checkov             static security checks (kustomize and dockerfile frameworks)
 #   cloudcoil prometheus-operator models: schema check of ServiceMonitor/PrometheusRule
+#   cloudcoil istio models: schema check of the routing DestinationRule (deploy/routing)
+#   jsonschema (checkov's): the pinned routing schemas in tests/deploy/schemas
 #   dockerfile          BuildKit's own Dockerfile parser, for the Dockerfile lint
 #   pyyaml              reading rendered manifests
 #
@@ -30,6 +32,7 @@ PINS=(
   "checkov==3.3.30"
   "cloudcoil==0.6.0"
   "cloudcoil-models-prometheus-operator==0.80.1.0"
+  "cloudcoil-models-istio==1.24.2.1"
   "dockerfile==3.4.0"
   "PyYAML==6.0.4"
 )
@@ -84,12 +87,15 @@ echo "verifying checkov"
 echo "verifying python libraries"
 "$VENV/bin/python" - <<'EOF'
 import dockerfile
+import jsonschema
 import yaml
+from cloudcoil.models.istio.networking.v1 import DestinationRule
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
 assert dockerfile.parse_string("FROM scratch\n")[0].cmd == "FROM"
 assert yaml.safe_load("a: 1") == {"a": 1}
-assert ServiceMonitor and PrometheusRule
+assert ServiceMonitor and PrometheusRule and DestinationRule
+jsonschema.Draft202012Validator.check_schema({"type": "object"})
 EOF
 
 echo "$script_hash" >"$STAMP"

@@ -32,15 +32,20 @@ ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "float32": pb.AUDIO_ENCODING_FLOA
 class StatusError(RuntimeError):
     """A call ended with a non-OK gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: dict[str, str] | None = None) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.trailers = trailers or {}
+        """The status's trailing metadata, e.g. ``grpc-retry-pushback-ms``."""
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> StatusError:
         """Wrap a grpc error."""
-        return cls(error.code(), error.details() or "")
+        trailing = getattr(error, "trailing_metadata", None)
+        pairs = (trailing() if callable(trailing) else None) or ()
+        trailers = {str(k): v for k, v in pairs if isinstance(v, str)}
+        return cls(error.code(), error.details() or "", trailers)
 
 
 class StreamProtocolError(StatusError):

@@ -86,7 +86,12 @@ class Overloaded(ServeError):
 
 
 class StoreUnavailable(ServeError):
-    """The shared session store did not answer in time; nothing was changed."""
+    """The shared session store did not answer within its budget."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """When a retry has a chance: the store's next reconnect attempt."""
 
 
 class Draining(ServeError):

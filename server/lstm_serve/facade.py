@@ -53,13 +53,15 @@ class DomainFacade:
         self.settings = settings
         self.metrics = metrics
         self.store = store
-        self.sessions = SessionRegistry(store, metrics, settings.sessions.lease_s)
+        self.sessions = SessionRegistry(
+            store, metrics, settings.sessions.lease_s, settings.sessions.write_back_chunks
+        )
         self.admission = Admission()
         self._executor = executor
         self._batchers = batchers
         self.stats = stats
         self._make_batcher = make_batcher
-        self._lanes = lanes = Lanes(repository, batchers, store)
+        self._lanes = lanes = Lanes(repository, batchers, store, metrics)
         self._predict = PredictUseCase(lanes, self.sessions, self.admission, tokens, settings.sessions)
         self._stream = StreamUseCase(lanes, self.sessions, self.admission, tokens, settings, metrics)
         self._sequences = SequenceUseCase(lanes, self.sessions, self.admission, settings)

@@ -10,6 +10,7 @@ from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import ModelNotReady, PreconditionFailed, echo
 from lstm_serve.manifest import Manifest
+from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelEntry, ModelRepository
 from lstm_serve.runtime import ModelRuntime
 from lstm_serve.sessions import SessionStore
@@ -50,9 +51,16 @@ class Lane:
 class Lanes:
     """Finds the lane of a model reference."""
 
-    def __init__(self, repository: ModelRepository, batchers: dict[ModelRef, Batcher], store: SessionStore) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        batchers: dict[ModelRef, Batcher],
+        store: SessionStore,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.repository = repository
         self._store = store
+        self._metrics = metrics
         self._lanes: dict[ModelRef, Lane] = {}
         for ref, batcher in batchers.items():
             self.add(repository.find(ref.name, ref.version), batcher)
@@ -62,7 +70,8 @@ class Lanes:
         runtime = entry.require_runtime()
         ref = ModelRef(entry.name, entry.version)
         replaced = self._lanes.get(ref)
-        self._lanes[ref] = Lane(entry, runtime, batcher, SessionStep(runtime.manifest, batcher, self._store))
+        step = SessionStep(runtime.manifest, batcher, self._store, self._metrics)
+        self._lanes[ref] = Lane(entry, runtime, batcher, step)
         return replaced
 
     def remove(self, ref: ModelRef) -> Lane | None:

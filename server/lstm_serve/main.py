@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "[LSTM_SERVE_SESSIONS__STORE_URL, default: in memory, per process]",
     )
     p.add_argument(
+        "--write-back-chunks",
+        type=int,
+        metavar="N",
+        help="with a shared store, a stream writes its session back every N chunks "
+        "[LSTM_SERVE_SESSIONS__WRITE_BACK_CHUNKS, default 10]",
+    )
+    p.add_argument(
         "--token-keys",
         metavar="FILE",
         help="resume-token key file; `lstm-serve keygen FILE` writes one "
@@ -172,6 +179,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("sessions", "max_sessions"): args.max_sessions,
         ("sessions", "token_keys_file"): args.token_keys,
         ("sessions", "store_url"): args.session_store,
+        ("sessions", "write_back_chunks"): args.write_back_chunks,
     }
     for (group, field), value in overrides.items():
         if value is not None:

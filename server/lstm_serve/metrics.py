@@ -193,6 +193,13 @@ class Metrics:
             ["code", "method"],
             registry=r,
         )
+        self.write_backs = Counter(
+            f"{PREFIX}_store_write_backs_total",
+            "Stream states kept in memory and written back to the shared store, by reason: "
+            "chunks (every LSTM_SERVE_SESSIONS__WRITE_BACK_CHUNKS), detach, drain.",
+            ["reason"],
+            registry=r,
+        )
         self.stream_lag = Histogram(
             f"{PREFIX}_stream_lag_seconds",
             "How far an audio stream trails real time after each chunk: wall time since its "

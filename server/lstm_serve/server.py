@@ -228,7 +228,8 @@ class LstmServer:
         store = RedisSessionStore(
             sessions.store_url, SnapshotCodec(repository, sessions.ttl_s), self.metrics,
             ttl_s=sessions.ttl_s, max_sessions=sessions.max_sessions, lease_s=sessions.lease_s,
-            op_timeout_s=sessions.store_op_timeout_s, password=password,
+            op_timeout_s=sessions.store_op_timeout_s, call_budget_s=sessions.store_call_budget_s,
+            backoff_max_s=sessions.store_backoff_max_s, password=password,
         )
         log.info("session store: %s", sessions.store_url.split("@")[-1])
         self._redis = store

@@ -17,13 +17,21 @@ session: the committed state stays in the store until its idle TTL runs out.
 With authentication on, a session belongs to the principal that created it
 (``SessionState.principal``, :func:`lstm_serve.auth.owner`); for any other principal
 it does not exist: continuing it by id or by resume token is NOT_FOUND.
+
+Write-back: on a shared store an attached stream keeps its state in memory and writes
+it back every ``write_back_every`` steps (:func:`commit`), and on detach, ``end`` and
+drain (:meth:`SessionRegistry.write_back`). Between write-backs each step first
+confirms the lease (:class:`Lease`): a process that may have lost it gets
+:class:`StaleState` and drops its copy, so fencing holds for steps that write nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,7 +41,7 @@ from typing import Literal, Protocol
 from lstm_serve import auth
 from lstm_serve.audio import AudioPipeline
 from lstm_serve.domain import AudioFormat, ModelRef
-from lstm_serve.errors import Overloaded, ServeError, SessionConflict, SessionNotFound, echo
+from lstm_serve.errors import Overloaded, ServeError, SessionConflict, SessionNotFound, StoreUnavailable, echo
 from lstm_serve.events import KeywordSpotter
 from lstm_serve.metrics import Metrics
 from lstm_serve.state import SessionState, now_ms
@@ -54,6 +62,8 @@ class SessionStore(Protocol):
 
     ttl_s: float
     max_sessions: int
+    shared: bool
+    """True when other processes use the same store (leases and write-back apply)."""
 
     async def get(self, session_id: str) -> SessionState | None:
         """The committed state, or None."""
@@ -98,6 +108,8 @@ RECENTLY_EXPIRED_KEPT = 10_000
 
 class InMemorySessionStore:
     """A process-local store with idle TTL (wall clock) and a cap on live sessions."""
+
+    shared = False
 
     def __init__(self, ttl_s: float, max_sessions: int, metrics: Metrics) -> None:
         self.ttl_s = ttl_s
@@ -191,13 +203,68 @@ class InMemorySessionStore:
         """Nothing to give up."""
 
 
+class Lease:
+    """This process's claim on one session in the store, and until when it surely holds.
+
+    ``valid_until`` counts from just before the request that set the lease went out, so
+    it never outlasts the lease in the store. A renewal that finds the lease gone (it
+    ran out while this process was paused or cut off, and another may have taken it)
+    marks it lost for good."""
+
+    def __init__(self, store: SessionStore, session_id: str, holder: str, lease_s: float) -> None:
+        self._store = store
+        self._id = session_id
+        self._holder = holder
+        self._lease_s = lease_s
+        self.valid_until = 0.0
+        """time.monotonic() before which no other process can hold the session."""
+        self.lost = False
+
+    async def acquire(self) -> None:
+        """Take the lease (FAILED_PRECONDITION when another process holds it)."""
+        started = time.monotonic()
+        await self._store.acquire_lease(self._id, self._holder)
+        self.valid_until = started + self._lease_s
+
+    async def renew(self) -> bool:
+        """Extend the lease; False (and lost from now on) when it was gone."""
+        started = time.monotonic()
+        if self.lost:
+            return False
+        if await self._store.renew_lease(self._id, self._holder):
+            self.valid_until = started + self._lease_s
+            return True
+        self.lost = True
+        return False
+
+    async def confirm(self) -> None:
+        """Raise :class:`StaleState` unless this process surely still holds the session:
+        free while the last renewal is fresh, one renewal otherwise."""
+        if not self.lost and time.monotonic() >= self.valid_until:
+            await self.renew()
+        if self.lost:
+            raise StaleState(
+                f"session_id: session '{echo(self._id)}' may have changed meanwhile: this replica lost its "
+                f"lease (paused or cut off from the store for over {self._lease_s:g} s, "
+                "LSTM_SERVE_SESSIONS__LEASE_S); this step was not applied and this copy is dropped. Resume "
+                "by session id from started.next_sequence_number"
+            )
+
+    async def release(self) -> None:
+        """Give the lease up (only if this process still has it). Best effort: a lease
+        the store cannot take back now runs out by itself after ``lease_s``."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.release_lease(self._id, self._holder)
+
+
 @dataclass(eq=False)
 class LiveSession:
     """The process-local handles of a session in use."""
 
     id: str
     state: SessionState
-    """The last committed state."""
+    """The newest state: the last committed one, or a newer one not yet written back
+    (``unsaved`` steps past the store's copy; its ``version`` is still the store's)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Serializes the session's steps; asyncio's lock wakes waiters in FIFO order."""
     stream_attached: bool = False
@@ -212,6 +279,15 @@ class LiveSession:
     """Whether the attached stream asked for keyword events."""
     renewal: asyncio.Task[None] | None = None
     """Renews the store lease while a stream is attached."""
+    lease: Lease | None = None
+    """This process's lease on the session, while it holds one."""
+    write_back_every: int = 1
+    """Steps per write-back: 1 writes every step through (Predict, the in-memory store);
+    a stream on a shared store keeps up to this many steps in memory."""
+    unsaved: int = 0
+    """Steps applied to ``state`` since the store last got it."""
+    fenced: bool = False
+    """A write-back was refused (a newer state is in the store): this copy is dropped."""
 
     @property
     def model(self) -> ModelRef:
@@ -224,14 +300,45 @@ class LiveSession:
         return self.stream_attached or self.predict_holds > 0
 
 
+async def commit(store: SessionStore, live: LiveSession, state: SessionState, metrics: Metrics | None) -> None:
+    """Make ``state`` (one step past ``live.state``) the live session's state: kept in
+    memory while fewer than ``write_back_every`` steps are unsaved and the lease holds,
+    written back with compare-and-set otherwise."""
+    if live.unsaved + 1 < live.write_back_every:
+        if live.lease is not None:
+            try:
+                await live.lease.confirm()
+            except StaleState:
+                live.fenced, live.unsaved = True, 0
+                raise
+        live.state, live.unsaved = state, live.unsaved + 1
+        return
+    await _write_back(store, live, state)
+    if metrics is not None and live.write_back_every > 1:
+        metrics.write_backs.labels("chunks").inc()
+
+
+async def _write_back(store: SessionStore, live: LiveSession, state: SessionState) -> None:
+    try:
+        live.state = await store.compare_and_set(state, state.version)
+    except StaleState:
+        live.fenced = True
+        raise
+    finally:
+        live.unsaved = 0
+
+
 class SessionRegistry:
     """Opens, holds and closes sessions against a store."""
 
-    def __init__(self, store: SessionStore, metrics: Metrics, lease_s: float = 10.0) -> None:
+    def __init__(
+        self, store: SessionStore, metrics: Metrics, lease_s: float = 10.0, write_back_chunks: int = 1
+    ) -> None:
         self.store = store
         self._live: dict[str, LiveSession] = {}
         self._metrics = metrics
         self._lease_s = lease_s
+        self._write_back_every = write_back_chunks if store.shared else 1
         self.holder = f"{socket.gethostname()}/{os.getpid()}"
         """This process's name in the leases it holds."""
 
@@ -261,27 +368,41 @@ class SessionRegistry:
         and whether it existed before. The caller must :meth:`close` it with the same
         ``stream``."""
         session_id = restore.session_id if restore is not None else (session_id or uuid.uuid4().hex)
-        leased = session_id not in self._live
-        if leased:
-            await self.store.acquire_lease(session_id, self.holder)
+        lease = None
+        if session_id not in self._live:
+            lease = Lease(self.store, session_id, self.holder, self._lease_s)
+            await lease.acquire()
         try:
             live, existed = await self._open(session_id, fresh, requested_version, mode, stream, restore)
         except BaseException:
-            if leased and session_id not in self._live:
-                await self.store.release_lease(session_id, self.holder)
+            if lease is not None and session_id not in self._live:
+                await lease.release()
             raise
-        if stream and live.renewal is None:
-            live.renewal = asyncio.get_running_loop().create_task(self._renew(live), name=f"lease-{live.id[:16]}")
+        if lease is not None:
+            live.lease = lease
+        if stream:
+            live.write_back_every = self._write_back_every
+            if live.renewal is None and live.lease is not None:
+                live.renewal = asyncio.get_running_loop().create_task(
+                    self._renew(live.lease), name=f"lease-{live.id[:16]}"
+                )
         return live, existed
 
-    async def _renew(self, live: LiveSession) -> None:
+    async def _renew(self, lease: Lease) -> None:
         while True:
             await asyncio.sleep(self._lease_s / 3)
             try:
-                if not await self.store.renew_lease(live.id, self.holder):
+                if not await lease.renew():
                     return
             except ServeError:
                 continue
+
+    async def write_back(self, live: LiveSession, reason: str) -> None:
+        """Write the steps kept in memory back to the store now (detach, end, drain)."""
+        async with live.lock:
+            if live.unsaved and not live.fenced:
+                await _write_back(self.store, live, live.state)
+                self._metrics.write_backs.labels(reason).inc()
 
     async def _open(
         self,
@@ -391,6 +512,7 @@ class SessionRegistry:
             if live.renewal is not None:
                 live.renewal.cancel()
                 live.renewal = None
+            live.write_back_every = 1
         else:
             live.predict_holds -= 1
         self._metrics.sessions_active.labels(live.model.name, live.model.version).dec()
@@ -399,13 +521,15 @@ class SessionRegistry:
         current = self._live.get(live.id) is live
         self._drop_if_idle(live)
         try:
-            if delete and current:
+            if delete and current and not live.fenced:
                 await self.store.delete(live.id, "ended")
-            elif current:
+            elif current and live.unsaved:
+                await self.write_back(live, "detach")
+            elif current and not live.fenced:
                 await self._touch(live)
         finally:
-            if current:
-                await self.store.release_lease(live.id, self.holder)
+            if current and live.lease is not None:
+                await live.lease.release()
 
     async def _touch(self, live: LiveSession) -> None:
         """Restart the idle clock of a session that was only read, not advanced."""

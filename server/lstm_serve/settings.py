@@ -101,8 +101,27 @@ class SessionSettings(BaseModel):
     while attached. A dead process's sessions are free after this."""
 
     store_op_timeout_s: float = Field(1.0, gt=0)
-    """With a shared store: the longest one store operation may take before the call
-    gets UNAVAILABLE ("session store unavailable")."""
+    """With a shared store: the longest one attempt at a store operation may take."""
+
+    store_call_budget_s: float = Field(3.0, gt=0)
+    """With a shared store: the longest one store operation may take with its retries
+    (only operations that are safe to repeat are retried; a write whose outcome is
+    unknown is settled by reading the version back). Past it the call gets UNAVAILABLE
+    ("session store unavailable") with a retry hint."""
+
+    store_backoff_max_s: float = Field(2.0, gt=0)
+    """With a shared store: the cap of the backoff between attempts (it starts at 50 ms
+    and doubles). After a failed operation the store counts as down for the current
+    backoff: calls that need it get UNAVAILABLE at once, with the time left as their
+    retry hint, until the next reconnect attempt."""
+
+    write_back_chunks: int = Field(10, ge=1)
+    """With a shared store: an attached stream keeps its session in memory and writes it
+    back every this many chunks, on detach, on ``end`` and at drain (a stateful Predict
+    always writes through). A SIGKILL loses at most this many chunks, which the client
+    resends from ``started.next_sequence_number``. 10 makes a stream of 100 ms chunks
+    write once a second instead of ten times; 1 writes every chunk through. The in-memory
+    store always writes through: it costs a dict assignment."""
 
     token_keys_file: str = ""
     """JSON key file for resume tokens (``lstm-serve keygen FILE`` writes one). The

@@ -2,8 +2,10 @@
 
 sequence check -> audio front-end -> batcher -> keyword spotter -> commit.
 
-The step reads the session's committed :class:`~lstm_serve.state.SessionState`,
-computes the next one and commits it to the store with compare-and-set on its version.
+The step reads the session's :class:`~lstm_serve.state.SessionState`, computes the
+next one and commits it (:func:`~lstm_serve.sessions.commit`): to the store with
+compare-and-set on its version, or, for a stream on a shared store between
+write-backs, in memory under a confirmed lease.
 It never changes the state in place and never calls back up into a use case. The
 front-end's DSP and the spotter run off the event loop, like onnxruntime. When any
 part fails, nothing is committed and the live front-end objects are rebuilt from the
@@ -22,7 +24,8 @@ from lstm_serve.batching import Batcher
 from lstm_serve.errors import OffsetMismatch, PreconditionFailed, echo
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.manifest import LogMelFrontend, Manifest
-from lstm_serve.sessions import LiveSession, SessionStore
+from lstm_serve.metrics import Metrics
+from lstm_serve.sessions import LiveSession, SessionStore, commit
 from lstm_serve.state import SessionState
 
 
@@ -63,10 +66,13 @@ def hydrate(live: LiveSession, manifest: Manifest) -> None:
 class SessionStep:
     """Runs steps of the sessions of one model version."""
 
-    def __init__(self, manifest: Manifest, batcher: Batcher, store: SessionStore) -> None:
+    def __init__(
+        self, manifest: Manifest, batcher: Batcher, store: SessionStore, metrics: Metrics | None = None
+    ) -> None:
         self.manifest = manifest
         self._batcher = batcher
         self._store = store
+        self._metrics = metrics
 
     def _rows(self, output: np.ndarray) -> np.ndarray:
         return output if self.manifest.output.head == "per_frame" else output[np.newaxis]
@@ -141,7 +147,9 @@ class SessionStep:
         if spotter is not None and (outputs is not None or flush):
             events = await asyncio.to_thread(_spot, spotter, outputs, flush)
         finals = tuple(e for e in events if e.is_final)
-        committed = await self._store.compare_and_set(
+        await commit(
+            self._store,
+            live,
             state.advanced(
                 states=new_states,
                 next_sequence_number=state.next_sequence_number + (1 if numbered else 0),
@@ -151,9 +159,8 @@ class SessionStep:
                 spotter=spotter.snapshot() if spotter is not None else state.spotter,
                 final_events=state.final_events + finals,
             ),
-            state.version,
+            self._metrics,
         )
-        live.state = committed
         return StepOutput(state.frame_offset, int(frames.shape[0]), outputs, events)
 
 

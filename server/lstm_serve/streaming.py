@@ -23,7 +23,15 @@ from lstm_serve.domain import (
     StreamReply,
     StreamStarted,
 )
-from lstm_serve.errors import DeadlineExceeded, Draining, InvalidInput, Overloaded, PreconditionFailed, echo
+from lstm_serve.errors import (
+    DeadlineExceeded,
+    Draining,
+    InvalidInput,
+    Overloaded,
+    PreconditionFailed,
+    StoreUnavailable,
+    echo,
+)
 from lstm_serve.events import Event
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.metrics import Metrics
@@ -151,7 +159,7 @@ class StreamUseCase:
             if message is None:
                 return
             if isinstance(message, _DrainSignal):
-                yield stream.draining(message)
+                yield await stream.draining(message)
                 if message.closing:
                     raise Draining(
                         "server is shutting down and the drain grace is over; resume the session on "
@@ -344,8 +352,12 @@ class _Stream:
             behind = (time.monotonic() - self._wall_start) - self._audio_seconds
             self._lag.observe(max(0.0, behind))
 
-    def draining(self, signal: _DrainSignal) -> StreamDraining:
-        """The warning for this stream: time left, a token, the last chunk applied."""
+    async def draining(self, signal: _DrainSignal) -> StreamDraining:
+        """The warning for this stream, after the state kept in memory is written back:
+        time left, a token, the last chunk applied. A store that cannot take the
+        write-back now does not hold the warning back: the token carries the state."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._sessions.write_back(self._live, "drain")
         state = self._live.state
         sealed = self._tokens.seal(state, self._lane) if self._tokens.enabled else b""
         ref = self._lane.ref

@@ -104,9 +104,13 @@ def render(path: Path) -> Rendered:
     return Rendered(name=path.name, yaml=result.stdout, docs=yaml_to_docs(result.stdout))
 
 
+SERVER = "lstm-serve"
+"""The server's Deployment (an overlay may add others, e.g. the Redis session store)."""
+
+
 def pod_spec(rendered: Rendered) -> Manifest:
-    """The Deployment's pod spec."""
-    return rendered.one("Deployment")["spec"]["template"]["spec"]
+    """The server Deployment's pod spec."""
+    return rendered.one("Deployment", SERVER)["spec"]["template"]["spec"]
 
 
 def server_container(rendered: Rendered) -> Manifest:

@@ -9,14 +9,16 @@ import pytest
 
 from tests.deploy.deploylib import DEPLOY, OVERLAYS, Manifest, Rendered, run_tool, tool
 
-# Runs in .venv-deploy: validates each ServiceMonitor/PrometheusRule with the
-# cloudcoil prometheus-operator models (generated from the CRDs' OpenAPI schemas) and
+# Runs in .venv-deploy: validates each ServiceMonitor/PrometheusRule (and the Istio
+# DestinationRule of deploy/routing) with the cloudcoil prometheus-operator and istio
+# models (generated from the CRDs' OpenAPI schemas) and
 # flags any field the model dropped, i.e. a field the CRD does not know.
 CRD_CHECK = r"""
 import json, sys
+from cloudcoil.models.istio.networking.v1 import DestinationRule
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
-MODELS = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
+MODELS = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule, "DestinationRule": DestinationRule}
 
 def unknown(given, kept, path):
     if isinstance(given, dict):
@@ -50,8 +52,8 @@ json.dump(problems, sys.stdout)
 
 
 def crd_problems(docs: list[Manifest]) -> list[str]:
-    """Schema problems of the ServiceMonitor and PrometheusRule objects in ``docs``."""
-    crds = [d for d in docs if d["kind"] in {"ServiceMonitor", "PrometheusRule"}]
+    """Schema problems of the ServiceMonitor, PrometheusRule and DestinationRule objects in ``docs``."""
+    crds = [d for d in docs if d["kind"] in {"ServiceMonitor", "PrometheusRule", "DestinationRule"}]
     result = run_tool([tool("python"), "-c", CRD_CHECK], stdin=json.dumps(crds))
     assert result.returncode == 0, f"CRD schema check crashed:\n{result.stderr}"
     problems = json.loads(result.stdout)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import redis
 from lstm_client import StatusError
 from lstm_client.launch import free_port
 from tests.conftest import FixtureModels
-from tests.harness import FEATURE_DIM, ServerHandle, start_server, wait_until
+from tests.harness import FEATURE_DIM, ServerHandle, metric_sum, scrape, start_server, wait_until
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0,
@@ -24,25 +25,35 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _start_redis(port: int, data_dir: Path | None) -> subprocess.Popen[bytes] | None:
+    """redis-server on ``port``, answering PING; None when it did not come up. With
+    ``data_dir``, an append-only file there survives a restart; otherwise no persistence."""
+    persist = ["--appendonly", "yes", "--dir", str(data_dir)] if data_dir is not None else ["--appendonly", "no"]
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persist],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
+    if wait_until(lambda: _pings(probe), timeout=5) and proc.poll() is None:
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
 @contextmanager
-def redis_server() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A throwaway redis-server on a free loopback port, no persistence."""
+def redis_server(data_dir: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A throwaway redis-server on a free loopback port (see :func:`_start_redis`)."""
     for _ in range(5):
         port = free_port()
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        probe = redis.Redis(port=port, socket_connect_timeout=0.2)
-        if wait_until(lambda probe=probe: _pings(probe), timeout=5) and proc.poll() is None:
+        proc = _start_redis(port, data_dir)
+        if proc is not None:
             try:
                 yield proc, port
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
             return
-        proc.kill()
-        proc.wait()
     raise RuntimeError("could not start redis-server")
 
 
@@ -96,6 +107,8 @@ def test_stream_paused_on_a_resumes_on_b_by_id_alone(replicas: tuple[ServerHandl
         second = cb.stream("audio", pieces[6:], session_id="redis-audio", must_exist=True, **kw)  # type: ignore[arg-type]
     assert second.resumed and second.frame_offset == first.frames
     np.testing.assert_array_equal(np.concatenate([first.outputs, second.outputs]), whole.outputs)
+    # 6 chunks, fewer than the write-back interval (10): kept in memory, written back on detach
+    assert metric_sum(scrape(replicas[0].metrics_url), "lstm_serve_store_write_backs_total", reason="detach") >= 1
 
 
 def test_a_held_session_is_refused_on_the_other_replica(replicas: tuple[ServerHandle, ServerHandle]) -> None:
@@ -109,30 +122,38 @@ def test_a_held_session_is_refused_on_the_other_replica(replicas: tuple[ServerHa
     assert info.value.code.name == "FAILED_PRECONDITION" and "held by" in info.value.details
 
 
-def test_sigkill_frees_the_session_after_its_lease(
+def test_sigkill_loses_at_most_write_back_chunks_and_a_resend_continues_on_b(
     fixture_models: FixtureModels, store: tuple[object, int], replicas: tuple[ServerHandle, ServerHandle]
 ) -> None:
+    """A stream on A writes back every 4 chunks; A dies after 6 chunks. B takes the
+    session after its lease, at the written-back chunk (4), and the client's resend
+    from there gives what an uninterrupted run gives."""
+    every, sent = 4, 6
     x = _x(40, 4)
-    chunks = [x[i : i + 10] for i in range(0, 40, 10)]
+    chunks = [x[i : i + 5] for i in range(0, 40, 5)]
     _, b = replicas
     with b.client() as cb:
         whole = cb.stream("lstm", chunks).outputs
-    env = _env(store[1], LSTM_SERVE_SESSIONS__LEASE_S="1")
+    env = _env(store[1], LSTM_SERVE_SESSIONS__LEASE_S="1", LSTM_SERVE_SESSIONS__WRITE_BACK_CHUNKS=str(every))
     with start_server(fixture_models.root, env=env) as a, a.client() as ca:
         call = ca.open_stream()
         call.config(model={"name": "lstm"}, session_id="killed")
         call.recv()
         rows = []
-        for seq in range(2):
+        for seq in range(sent):
             call.chunk(seq, chunks[seq])
-            rows.append(np.frombuffer(call.recv().result.outputs.data, "<f4").reshape(10, -1))
+            rows.append(np.frombuffer(call.recv().result.outputs.data, "<f4").reshape(5, -1))
         a.process.send_signal(signal.SIGKILL)
         a.process.wait(timeout=10)
     with b.client() as cb:
         assert wait_until(lambda: _resumable(cb), timeout=5)
-        rest = cb.stream("lstm", chunks[2:], session_id="killed", must_exist=True)
-    assert rest.started.next_sequence_number == 2
-    np.testing.assert_allclose(np.concatenate([*rows, rest.outputs]), whole, atol=1e-6)
+        resume_at = cb.stream("lstm", [], session_id="killed", must_exist=True, keep_session=True)
+        written = resume_at.started.next_sequence_number
+        rest = cb.stream("lstm", chunks[written:], session_id="killed", must_exist=True)
+    assert written == every and sent - written <= every
+    assert rest.started.frame_offset == 5 * written
+    np.testing.assert_allclose(np.concatenate([*rows[:written], rest.outputs]), whole, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(rows[written:]), rest.outputs[: 5 * (sent - written)], atol=1e-5)
 
 
 def _resumable(client: object) -> bool:
@@ -146,24 +167,92 @@ def _resumable(client: object) -> bool:
     return True
 
 
+BUDGETS = {
+    "LSTM_SERVE_SESSIONS__STORE_OP_TIMEOUT_S": "0.3",
+    "LSTM_SERVE_SESSIONS__STORE_CALL_BUDGET_S": "1",
+    "LSTM_SERVE_SESSIONS__STORE_BACKOFF_MAX_S": "0.5",
+}
+"""Short failure budgets, so an outage test takes seconds."""
+
+
+def _continues(client: object, x: np.ndarray, session_id: str, offset: int) -> object:
+    """The Predict at ``offset`` once the store answers again (UNAVAILABLE until then)."""
+    got: list[object] = []
+
+    def attempt() -> bool:
+        try:
+            got.append(client.predict("lstm", x, session_id=session_id, frame_offset=offset))  # type: ignore[attr-defined]
+        except StatusError as exc:
+            assert exc.code.name == "UNAVAILABLE", exc
+            return False
+        return True
+
+    assert wait_until(attempt, timeout=10, interval=0.1)
+    return got[0]
+
+
+def _unavailable_in_budget(client: object, x: np.ndarray, session_id: str, offset: int) -> StatusError:
+    started = time.monotonic()
+    with pytest.raises(StatusError) as info:
+        client.predict("lstm", x, session_id=session_id, frame_offset=offset)  # type: ignore[attr-defined]
+    elapsed = time.monotonic() - started
+    assert info.value.code.name == "UNAVAILABLE" and "session store unavailable" in info.value.details
+    assert elapsed < 1.0 + 0.5, f"UNAVAILABLE after {elapsed:.2f} s, budget 1 s"
+    assert 1 <= int(info.value.trailers["grpc-retry-pushback-ms"]) <= 500
+    return info.value
+
+
 def test_store_outage_is_unavailable_and_recovers(fixture_models: FixtureModels) -> None:
-    with redis_server() as (proc, port):
-        env = _env(port, LSTM_SERVE_SESSIONS__STORE_OP_TIMEOUT_S="0.3")
-        with start_server(fixture_models.root, env=env) as server, server.client() as client:
-            x = _x(10, 5)
-            client.predict("lstm", x, session_id="outage", frame_offset=0)
-            proc.send_signal(signal.SIGSTOP)  # a store that hangs
-            try:
-                started = time.monotonic()
-                with pytest.raises(StatusError) as info:
-                    client.predict("lstm", x, session_id="outage", frame_offset=10)
-                assert info.value.code.name == "UNAVAILABLE" and "session store unavailable" in info.value.details
-                assert time.monotonic() - started < 5
-                assert client.predict("lstm", x).outputs[0].shape == (10, 4)  # stateless work goes on
-            finally:
-                proc.send_signal(signal.SIGCONT)
-            again = client.predict("lstm", x, session_id="outage", frame_offset=10)
-            assert again.frame_offset == 10 and not again.replayed
+    """A store that hangs (SIGSTOP): UNAVAILABLE within the call budget, with a retry
+    hint; stateless work goes on; the session continues once the store answers."""
+    with redis_server() as (proc, port), start_server(
+        fixture_models.root, env=_env(port, **BUDGETS)
+    ) as server, server.client() as client:
+        x = _x(10, 5)
+        client.predict("lstm", x, session_id="outage", frame_offset=0)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            _unavailable_in_budget(client, x, "outage", 10)
+            assert client.predict("lstm", x).outputs[0].shape == (10, 4)  # stateless work goes on
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        again = _continues(client, x, "outage", 10)
+        assert again.frame_offset == 10 and not again.replayed  # type: ignore[attr-defined]
+
+
+def test_store_stopped_and_restarted(fixture_models: FixtureModels, tmp_path: Path) -> None:
+    """Redis stopped (connections refused): store calls get UNAVAILABLE within the
+    budget, fast while it stays down, stateless Predict is fine and health stays
+    SERVING; restarted on the same port (its append-only file kept), the service
+    reconnects and the session continues exactly."""
+    x = _x(30, 9)
+    with redis_server(tmp_path) as (proc, port), start_server(
+        fixture_models.root, env=_env(port, **BUDGETS)
+    ) as server, server.client() as client:
+        whole = client.predict("lstm", x).outputs[0]
+        first = client.predict("lstm", x[:10], session_id="restarted", frame_offset=0).outputs[0]
+        proc.terminate()
+        proc.wait(timeout=10)
+        restarted = None
+        try:
+            _unavailable_in_budget(client, x[10:20], "restarted", 10)
+            started = time.monotonic()
+            for _ in range(3):  # while down, calls fail at once instead of each waiting a budget
+                with pytest.raises(StatusError):
+                    client.predict("lstm", x[10:20], session_id="restarted", frame_offset=10)
+            assert time.monotonic() - started < 3 * 1.5
+            assert client.predict("lstm", x).outputs[0].shape == (30, 4)
+            assert client.health() == "SERVING"
+            restarted = _start_redis(port, tmp_path)
+            assert restarted is not None
+            second = _continues(client, x[10:20], "restarted", 10)
+            third = client.predict("lstm", x[20:], session_id="restarted", frame_offset=20)
+        finally:
+            if restarted is not None:
+                restarted.terminate()
+                restarted.wait(timeout=10)
+    rows = np.concatenate([first, second.outputs[0], third.outputs[0]])  # type: ignore[attr-defined]
+    np.testing.assert_allclose(rows, whole, atol=1e-5)
 
 
 def test_ttl_expiry_in_redis_is_not_found_expired(fixture_models: FixtureModels, store: tuple[object, int]) -> None:
@@ -183,25 +272,32 @@ def _expired(client: object) -> bool:
     return False
 
 
+@pytest.mark.parametrize("every", [1, 3])
 def test_a_paused_writer_past_its_lease_is_fenced(
-    fixture_models: FixtureModels, store: tuple[object, int], replicas: tuple[ServerHandle, ServerHandle]
+    fixture_models: FixtureModels, store: tuple[object, int], replicas: tuple[ServerHandle, ServerHandle],
+    every: int,
 ) -> None:
+    """Writing through (1), the stale write is refused by compare-and-set; writing back
+    every 3 chunks, the stale step (which writes nothing) is refused by the lease check."""
     x = _x(30, 7)
     chunks = [x[i : i + 10] for i in range(0, 30, 10)]
     _, b = replicas
-    env = _env(store[1], LSTM_SERVE_SESSIONS__LEASE_S="1")
+    env = _env(store[1], LSTM_SERVE_SESSIONS__LEASE_S="1", LSTM_SERVE_SESSIONS__WRITE_BACK_CHUNKS=str(every))
     with start_server(fixture_models.root, env=env) as a, a.client() as ca:
         call = ca.open_stream()
-        call.config(model={"name": "lstm"}, session_id="fenced")
+        call.config(model={"name": "lstm"}, session_id=f"fenced-{every}")
         call.recv()
         call.chunk(0, chunks[0])
         call.recv()
+        written = 1 if every == 1 else 0
         a.process.send_signal(signal.SIGSTOP)
         try:
             with b.client() as cb:
-                assert wait_until(lambda: _takes_over(cb), timeout=5)
-                moved_on = cb.stream("lstm", [chunks[1]], session_id="fenced", must_exist=True, keep_session=True)
-            assert moved_on.frame_offset == 10
+                assert wait_until(lambda: _takes_over(cb, f"fenced-{every}"), timeout=5)
+                moved_on = cb.stream(
+                    "lstm", [chunks[written]], session_id=f"fenced-{every}", must_exist=True, keep_session=True
+                )
+            assert moved_on.frame_offset == 10 * written
         finally:
             a.process.send_signal(signal.SIGCONT)
         call.chunk(1, chunks[2])  # the stale copy on A tries to advance from frame 10
@@ -209,18 +305,70 @@ def test_a_paused_writer_past_its_lease_is_fenced(
             call.recv()
     assert info.value.code.name == "FAILED_PRECONDITION" and "changed meanwhile" in info.value.details
     with b.client() as cb:
-        rest = cb.predict("lstm", chunks[2], session_id="fenced", frame_offset=20)
+        rest = cb.predict("lstm", chunks[written + 1], session_id=f"fenced-{every}", frame_offset=10 * (written + 1))
         whole = cb.predict("lstm", x).outputs[0]
-    np.testing.assert_allclose(rest.outputs[0], whole[20:], atol=1e-5)
+    np.testing.assert_allclose(rest.outputs[0], whole[10 * (written + 1) : 10 * (written + 2)], atol=1e-5)
 
 
-def _takes_over(client: object) -> bool:
+def _takes_over(client: object, session_id: str) -> bool:
     try:
         client.predict("lstm", _x(1, 8), session_id="fenced-probe")  # type: ignore[attr-defined]
         call = client.open_stream()  # type: ignore[attr-defined]
-        call.config(model={"name": "lstm"}, session_id="fenced", must_exist=True)
+        call.config(model={"name": "lstm"}, session_id=session_id, must_exist=True)
         call.close()
         list(call.responses())
     except StatusError as exc:
         return exc.code.name != "FAILED_PRECONDITION"
     return True
+
+
+def test_session_cap_counts_every_replica(fixture_models: FixtureModels) -> None:
+    """MAX_SESSIONS bounds the sessions in Redis, whichever replica made them; an ended
+    session frees its place; stateless work is not counted."""
+    with redis_server() as (_, port):
+        env = _env(port, LSTM_SERVE_SESSIONS__MAX_SESSIONS="3")
+        with start_server(fixture_models.root, env=env) as a, start_server(
+            fixture_models.root, env=env
+        ) as b, a.client() as ca, b.client() as cb:
+            x = _x(3, 10)
+            ca.predict("lstm", x, session_id="cap-1")
+            cb.predict("lstm", x, session_id="cap-2")
+            ca.stream("lstm", [x], session_id="cap-3", keep_session=True)
+            for client in (ca, cb):
+                with pytest.raises(StatusError) as info:
+                    client.predict("lstm", x, session_id="cap-4")
+                assert info.value.code.name == "RESOURCE_EXHAUSTED"
+                assert "LSTM_SERVE_SESSIONS__MAX_SESSIONS" in info.value.details
+            ca.predict("lstm", x)  # stateless: no session, no cap
+            cb.predict("lstm", x, session_id="cap-1", frame_offset=3)  # existing sessions go on
+            cb.predict("lstm", x, session_id="cap-2", end_session=True)
+            assert cb.predict("lstm", x, session_id="cap-4").session_id == "cap-4"
+
+
+def test_drain_writes_back_before_draining(
+    fixture_models: FixtureModels, store: tuple[object, int], replicas: tuple[ServerHandle, ServerHandle]
+) -> None:
+    """Three chunks kept in memory (write-back every 10) are in Redis when `draining`
+    arrives, so B continues right after them, with no resend."""
+    x = _x(30, 11)
+    chunks = [x[i : i + 10] for i in range(0, 30, 10)]
+    _, b = replicas
+    with b.client() as cb:
+        whole = cb.stream("lstm", chunks).outputs
+    with start_server(fixture_models.root, env=_env(store[1])) as a, a.client() as ca:
+        call = ca.open_stream()
+        call.config(model={"name": "lstm"}, session_id="drained")
+        call.recv()
+        rows = []
+        for seq in range(2):
+            call.chunk(seq, chunks[seq])
+            rows.append(np.frombuffer(call.recv().result.outputs.data, "<f4").reshape(10, -1))
+        a.process.send_signal(signal.SIGTERM)
+        draining = call.recv()
+        assert draining.WhichOneof("message") == "draining"
+        assert draining.draining.last_sequence_number == 1
+        call.cancel()
+    with b.client() as cb:
+        rest = cb.stream("lstm", chunks[2:], session_id="drained", must_exist=True)
+    assert rest.started.next_sequence_number == 2
+    np.testing.assert_allclose(np.concatenate([*rows, rest.outputs]), whole, atol=1e-5)

@@ -27,7 +27,7 @@ import grpc
 from lstm_serve import auth, errors
 from lstm_serve.credentials import Authenticator
 from lstm_serve.metrics import Metrics
-from lstm_serve.transport.status import status_for
+from lstm_serve.transport.status import RETRY_PUSHBACK_KEY, retry_pushback_ms, status_for
 from lstm_serve.transport.tls import peer_names
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ class _Outcome:
         self.code, message = status_for(exc)
         if self.code is grpc.StatusCode.INTERNAL:
             log.exception("unhandled error", exc_info=exc)
-        pushback = getattr(exc, "retry_after_ms", None)
+        pushback = retry_pushback_ms(exc)
         if pushback is not None:
-            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(pushback)),))
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(pushback)),))
         await context.abort(self.code, message)
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:

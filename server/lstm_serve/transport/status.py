@@ -3,6 +3,8 @@ the interceptor for every service and by any servicer for in-band stream errors.
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from lstm_serve import errors
@@ -33,3 +35,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
             if cls in STATUS_OF:
                 return STATUS_OF[cls], str(exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""The trailer gRPC retry policies read (gRFC A6): how long to wait before a retry."""
+
+
+def retry_pushback_ms(exc: BaseException) -> int | None:
+    """How many milliseconds a client should wait before retrying after ``exc``, for
+    errors that know (a session store that is down until its next reconnect attempt, a full batch
+    queue)."""
+    if isinstance(exc, errors.StoreUnavailable):
+        return max(1, math.ceil(exc.retry_after_s * 1000))
+    if isinstance(exc, errors.Overloaded):
+        return exc.retry_after_ms
+    return None
