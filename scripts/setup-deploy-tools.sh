@@ -8,6 +8,7 @@
 #   checkov             static security checks (kustomize and dockerfile frameworks)
 #   cloudcoil prometheus-operator models: schema check of ServiceMonitor/PrometheusRule
 #   dockerfile          BuildKit's own Dockerfile parser, for the Dockerfile lint
+#   jsonschema          the pinned KServe subset schema (tests/deploy/schemas)
 #   pyyaml              reading rendered manifests
 #
 # Idempotent: a stamp file keyed on this script's hash makes a second run a no-op.
@@ -31,6 +32,7 @@ PINS=(
   "cloudcoil==0.6.0"
   "cloudcoil-models-prometheus-operator==0.80.1.0"
   "dockerfile==3.4.0"
+  "jsonschema==4.26.0"
   "PyYAML==6.0.4"
 )
 
@@ -84,12 +86,14 @@ echo "verifying checkov"
 echo "verifying python libraries"
 "$VENV/bin/python" - <<'EOF'
 import dockerfile
+import jsonschema
 import yaml
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
 assert dockerfile.parse_string("FROM scratch\n")[0].cmd == "FROM"
 assert yaml.safe_load("a: 1") == {"a": 1}
 assert ServiceMonitor and PrometheusRule
+jsonschema.Draft202012Validator({"type": "object"}).validate({})
 EOF
 
 echo "$script_hash" >"$STAMP"
