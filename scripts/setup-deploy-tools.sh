@@ -8,7 +8,7 @@
 #   checkov             static security checks (kustomize and dockerfile frameworks)
 #   cloudcoil prometheus-operator models: schema check of ServiceMonitor/PrometheusRule
 #   cloudcoil istio models: schema check of the routing DestinationRule (deploy/routing)
-#   jsonschema (checkov's): the pinned routing schemas in tests/deploy/schemas
+#   jsonschema          the pinned routing and KServe subset schemas (tests/deploy/schemas)
 #   dockerfile          BuildKit's own Dockerfile parser, for the Dockerfile lint
 #   pyyaml              reading rendered manifests
 #
@@ -34,6 +34,7 @@ PINS=(
   "cloudcoil-models-prometheus-operator==0.80.1.0"
   "cloudcoil-models-istio==1.24.2.1"
   "dockerfile==3.4.0"
+  "jsonschema==4.26.0"
   "PyYAML==6.0.4"
 )
 
