@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from concurrent.futures import ThreadPoolExecutor
 
 from lstm_serve import auth
-from lstm_serve.admission import Admission
+from lstm_serve.admission import Admission, RateLimit
 from lstm_serve.batching import Batcher
 from lstm_serve.domain import ModelInfo, ModelRef, PredictInput, PredictOutput, StreamMessage, StreamReply
 from lstm_serve.lanes import Lanes
@@ -54,9 +54,9 @@ class DomainFacade:
         self.metrics = metrics
         self.store = store
         self.sessions = SessionRegistry(
-            store, metrics, settings.sessions.lease_s, settings.sessions.write_back_chunks
+            store, metrics, settings.sessions.lease_s, settings.sessions.write_back_chunks, settings.limits
         )
-        self.admission = Admission()
+        self.admission = Admission(settings.limits)
         self._executor = executor
         self._batchers = batchers
         self.stats = stats
@@ -244,6 +244,14 @@ class DomainFacade:
     def stream(self, messages: AsyncIterator[StreamMessage]) -> AsyncGenerator[StreamReply, None]:
         """Run one StreamPredict stream."""
         return self._stream.stream(messages)
+
+    @contextlib.contextmanager
+    def stream_slot(self) -> Iterator[RateLimit]:
+        """Hold a stream of the caller's against its stream limit (for APIs whose
+        streams carry unary requests, such as ModelStreamInfer); the stream's
+        request-rate limit."""
+        with self.admission.principal_slot("stream"):
+            yield self.admission.stream_rate("ModelStreamInfer request")
 
     async def sequence_step(self, request: SequenceRequest) -> SequenceResult:
         """Apply one request of a sequence (Triton's sequence semantics)."""

@@ -46,6 +46,7 @@ from lstm_serve.domain import AudioFormat, ModelRef
 from lstm_serve.errors import Overloaded, ServeError, SessionConflict, SessionNotFound, StoreUnavailable, echo
 from lstm_serve.events import KeywordSpotter
 from lstm_serve.metrics import Metrics
+from lstm_serve.settings import LimitSettings
 from lstm_serve.state import SessionState, now_ms
 
 OpenMode = Literal["create_or_continue", "continue", "create", "restart"]
@@ -339,9 +340,15 @@ class SessionRegistry:
     """Opens, holds and closes sessions against a store."""
 
     def __init__(
-        self, store: SessionStore, metrics: Metrics, lease_s: float = 10.0, write_back_chunks: int = 1
+        self,
+        store: SessionStore,
+        metrics: Metrics,
+        lease_s: float = 10.0,
+        write_back_chunks: int = 1,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.store = store
+        self._limits = limits if limits is not None else LimitSettings()
         self._live: dict[str, LiveSession] = {}
         self._metrics = metrics
         self._lease_s = lease_s
@@ -432,11 +439,14 @@ class SessionRegistry:
                     "for the principal that created it"
                 )
             return await self._restore(restore, stream), True
+        self._check_principal_sessions(session_id)
         live = self._live.get(session_id)
         state = live.state if live is not None else await self.store.get(session_id)
         if state is not None and state.principal != auth.owner():
             # Another principal's session is reported as unknown, so ids do not leak.
             raise self._not_found(session_id, "is unknown")
+        if state is not None and mode != "restart":
+            self._check_age(state)
         if state is not None and mode == "create":
             raise SessionConflict(f"session_id: session '{echo(session_id)}' exists already")
         if state is not None and mode == "restart":
@@ -498,6 +508,30 @@ class SessionRegistry:
         self._hold(live, stream)
         self._metrics.sessions_created.labels(stored.model.name, stored.model.version).inc()
         return live
+
+    def _check_principal_sessions(self, session_id: str) -> None:
+        """RESOURCE_EXHAUSTED when the caller already holds its limit of sessions here."""
+        limit, principal = self._limits.max_sessions_per_principal, auth.current()
+        if limit <= 0 or principal is None:
+            return
+        owner = principal.owner
+        held = sum(1 for live in self._live.values() if live.held and live.id != session_id
+                   and live.state.principal == owner)
+        if held >= limit:
+            raise Overloaded(
+                f"session_id: principal '{echo(principal.subject)}' holds {held} sessions in use, the limit "
+                "(LSTM_SERVE_LIMITS__MAX_SESSIONS_PER_PRINCIPAL); end or detach one first",
+                retry_after_ms=1000,
+            )
+
+    def _check_age(self, state: SessionState) -> None:
+        """RESOURCE_EXHAUSTED for a session older than the age cap."""
+        cap_s = self._limits.max_session_age_s
+        if cap_s > 0 and now_ms() - state.created_ms > cap_s * 1000:
+            raise Overloaded(
+                f"session_id: session '{echo(state.session_id)}' is older than {cap_s:g} s "
+                "(LSTM_SERVE_LIMITS__MAX_SESSION_AGE_S); start a new session"
+            )
 
     def _conflict(self, live: LiveSession) -> SessionConflict:
         self._metrics.sessions_rejected.labels("conflict").inc()

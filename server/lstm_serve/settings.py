@@ -197,6 +197,35 @@ class ProviderSettings(BaseModel):
         return value
 
 
+class LimitSettings(BaseModel):
+    """Admission limits. Each is off (0) by default; the per-principal ones apply only
+    to authenticated callers (with authentication off there is no principal). Every
+    refusal is RESOURCE_EXHAUSTED naming the limit, with a ``grpc-retry-pushback-ms``
+    trailer where a retry can succeed."""
+
+    max_streams_per_principal: int = Field(0, ge=0)
+    """Streams (StreamPredict and ModelStreamInfer) one principal may have open at once
+    on this replica. 0: no limit."""
+
+    max_calls_per_principal: int = Field(0, ge=0)
+    """Unary inference calls (Predict, ModelInfer, and each request of a
+    ModelStreamInfer stream) one principal may have in flight at once on this
+    replica. 0: no limit."""
+
+    max_sessions_per_principal: int = Field(0, ge=0)
+    """Sessions one principal may hold in use at once on this replica (attached to a
+    stream or in a call). 0: no limit."""
+
+    max_session_age_s: float = Field(0.0, ge=0)
+    """Oldest a session may grow, from its creation; a step on an older one is refused
+    (start a new session). Applies to every caller. 0: no limit."""
+
+    max_chunks_per_s: float = Field(0.0, ge=0)
+    """Chunks (StreamPredict) or requests (ModelStreamInfer) per second one stream may
+    send, beyond a burst of one second's worth; applies to every caller, on top of the
+    audio real-time factor. 0: no limit."""
+
+
 class AudioSettings(BaseModel):
     """Audio streaming limits."""
 
@@ -325,6 +354,9 @@ class Settings(BaseSettings):
 
     audio: AudioSettings = Field(default_factory=AudioSettings)
     """Audio streaming."""
+
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    """Admission limits (off by default)."""
 
     kserve_v2: KServeV2Settings = Field(default_factory=KServeV2Settings)
     """Open Inference Protocol API."""

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
-from lstm_serve.admission import Admission
+from lstm_serve.admission import Admission, RateLimit
 from lstm_serve.audio import check_audio_format
 from lstm_serve.domain import (
     Chunk,
@@ -138,7 +138,7 @@ class StreamUseCase:
                 return
             if not isinstance(first, StreamConfig):
                 raise InvalidInput(f"the first stream message must be config, got {type(first).__name__.lower()}")
-            with self._admission.admitted():
+            with self._admission.admitted("stream"):
                 stream = await self._open(first)
                 self._open_streams[stream] = inbox
                 try:
@@ -225,7 +225,10 @@ class StreamUseCase:
             live.spot_events = config.events is None or config.events
             # Restoring a front-end designs its resampling filter: not on the loop.
             await asyncio.to_thread(hydrate, live, manifest)
-            return _Stream(self._sessions, self._tokens, live, resumed, config, lane, self._settings, self._metrics)
+            return _Stream(
+                self._sessions, self._tokens, live, resumed, config, lane, self._settings, self._metrics,
+                self._admission.stream_rate("chunk"),
+            )
         except BaseException:
             await self._sessions.close(live, stream=True)
             raise
@@ -244,9 +247,11 @@ class _Stream:
         lane: Lane,
         settings: Settings,
         metrics: Metrics,
+        rate: RateLimit,
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
+        self._rate = rate
         self._token_every = config.token_every
         self._live = live
         self._lane = lane
@@ -316,6 +321,7 @@ class _Stream:
         live, step = self._live, self._lane.step
         if chunk.sequence_number < live.state.next_sequence_number:
             return ChunkResult(chunk.sequence_number, live.state.frame_offset, 0, duplicate=True)
+        self._rate.take()
         started = time.perf_counter()
         seconds = 0.0
         if self._live.audio is not None:

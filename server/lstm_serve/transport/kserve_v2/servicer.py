@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from lstm_serve.admission import RateLimit
 from lstm_serve.errors import InvalidInput, Overloaded, PreconditionFailed, ServeError
 from lstm_serve.facade import DomainFacade
 from lstm_serve.transport.kserve_v2 import convert
@@ -196,10 +197,15 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             workers.add(task)
             task.add_done_callback(workers.discard)
 
-        async def read() -> None:
+        async def read(rate: RateLimit) -> None:
             nonlocal in_flight
             try:
                 async for request in request_iterator:
+                    try:
+                        rate.take()
+                    except Overloaded as refused:
+                        answers.put_nowait(_in_band_error(request, refused))
+                        continue
                     if in_flight >= backlog:
                         error = Overloaded(
                             f"ModelStreamInfer: {backlog} requests of this stream are in flight "
@@ -223,16 +229,17 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 answers.put_nowait(None)
 
-        reader = asyncio.ensure_future(read())
-        try:
-            while (reply := await answers.get()) is not None:
-                yield reply
-        finally:
-            reader.cancel()
-            for task in list(workers):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        with self._domain.stream_slot() as rate:
+            reader = asyncio.ensure_future(read(rate))
+            try:
+                while (reply := await answers.get()) is not None:
+                    yield reply
+            finally:
+                reader.cancel()
+                for task in list(workers):
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
 
 
 def _in_band_error(request: pb.ModelInferRequest, exc: BaseException) -> pb.ModelStreamInferResponse:
