@@ -90,12 +90,27 @@ def op_describe(client: Any, cmd: dict[str, Any]) -> Any:
     }
 
 
+def op_model_calls(client: Any, cmd: dict[str, Any]) -> Any:
+    """ModelReady, ModelMetadata and ModelConfig of one model with the given headers:
+    each answer, or its status."""
+    headers = cmd.get("headers")
+    answers: dict[str, Any] = {}
+    for name, call in (("ready", client.is_model_ready), ("metadata", client.get_model_metadata),
+                       ("config", client.get_model_config)):
+        try:
+            answers[name] = str(call(cmd["model"], headers=headers))[:200]
+        except InferenceServerException as exc:
+            answers[name] = failure(exc)
+    return answers
+
+
 def op_infer(client: Any, cmd: dict[str, Any]) -> Any:
     answers = []
     for spec in cmd["requests"]:
         try:
             result = client.infer(
-                spec["model"], inputs_of(spec), compression_algorithm=cmd.get("compression"), **options_of(spec)
+                spec["model"], inputs_of(spec), compression_algorithm=cmd.get("compression"),
+                headers=cmd.get("headers"), **options_of(spec)
             )
             answers.append(outputs_of(result))
         except InferenceServerException as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from lstm_serve.admission import RateLimit
-from lstm_serve.errors import InvalidInput, Overloaded, PreconditionFailed, ServeError
+from lstm_serve.errors import InvalidInput, ModelNotFound, Overloaded, PreconditionFailed
 from lstm_serve.facade import DomainFacade
 from lstm_serve.transport.kserve_v2 import convert
 from lstm_serve.transport.status import status_for
@@ -60,7 +60,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         ref = convert.model_ref(request.name, request.version, "name")
         try:
             ready = self._domain.model(ref).ready
-        except ServeError:  # an unknown model is simply not ready
+        except ModelNotFound:  # an unknown model is simply not ready
             ready = False
         return pb.ModelReadyResponse(ready=ready and not self._domain.draining)
 
