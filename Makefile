@@ -14,7 +14,7 @@ SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
 FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test lint proto proto-check gpu-check train bench bench-oip deploy-tools client-venvs deploy-check clean
+.PHONY: help setup serve test fuzz audit lint proto proto-check gpu-check train bench bench-oip deploy-tools client-venvs deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ client-venvs: ## install the Open Inference Protocol clients (tritonclient, kser
 
 test: $(FULL_STAMP) deploy-tools client-venvs proto-check lint ## the whole test suite (what CI runs)
 	$(BIN)/pytest
+
+fuzz: $(FULL_STAMP) ## the decoder fuzzers with many examples (hypothesis profile `fuzz`; `make test` runs `ci`)
+	LSTM_SERVE_FUZZ_PROFILE=fuzz $(BIN)/pytest tests/fuzz -p no:cacheprovider $(FUZZ_ARGS)
 
 gpu-check: $(FULL_STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
 	$(BIN)/python scripts/gpu_check.py

@@ -1,0 +1,185 @@
+"""Layer (b) of the decoder fuzzers: a bounded number of hostile requests against a
+real server (the bundled models/ on free loopback ports), sent as raw bytes through
+generic calls (no serializer), so that garbled, truncated and well-formed messages all
+travel exactly as a hostile client would send them.
+
+No answer may be UNKNOWN or INTERNAL (an exception that escaped the converters and the
+interceptor), nor UNAVAILABLE or DEADLINE_EXCEEDED (a crashed or hung server); a
+ModelStreamInfer error in band never carries the internal-error message. Afterwards the
+server still answers normal requests, counted no INTERNAL or UNKNOWN error, and logged
+no unhandled exception."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lstm_serve.transport.status import INTERNAL_MESSAGE
+from lstmserve.kserve_v2 import grpc_service_pb2 as v2
+from lstmserve.v1 import inference_pb2 as pb
+from tests.fuzz import strategies as s
+from tests.fuzz.conftest import examples
+from tests.harness import REPO, ServerHandle, metric_sum, scrape, start_server
+
+pytestmark = pytest.mark.fuzz
+
+NATIVE = "/lstmserve.v1.Inference/"
+OIP = "/inference.GRPCInferenceService/"
+TIMEOUT_S = 30.0
+"""Far longer than any answer takes: running into it means the server hung."""
+BAD = {
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED,
+}
+HAR_FRAMES = np.random.default_rng(5).standard_normal((10, 6)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server() -> Iterator[ServerHandle]:
+    """A server of its own: the fuzzers leave sessions and sequences behind."""
+    with start_server(REPO / "models") as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def channel(fuzz_server: ServerHandle) -> Iterator[grpc.Channel]:
+    """One plaintext channel for every example."""
+    with grpc.insecure_channel(fuzz_server.target) as ch:
+        yield ch
+
+
+def _assert_precise(code: grpc.StatusCode, details: str | None, what: str) -> None:
+    assert code not in BAD, f"{what}: {code.name}: {details}"
+
+
+def unary(channel: grpc.Channel, method: str, payload: bytes) -> bytes | None:
+    """Send ``payload`` as it is; the response bytes, or None after a precise refusal."""
+    call = channel.unary_unary(method)
+    try:
+        return call(payload, timeout=TIMEOUT_S)
+    except grpc.RpcError as exc:
+        _assert_precise(exc.code(), exc.details(), f"{method} {payload[:64]!r}")
+        return None
+
+
+def stream(channel: grpc.Channel, method: str, payloads: list[bytes]) -> list[bytes]:
+    """Send each payload as one stream message, then half-close; the responses read
+    until the stream ended, OK or with a precise status."""
+    call = channel.stream_stream(method)
+    responses: list[bytes] = []
+    try:
+        for response in call(iter(payloads), timeout=TIMEOUT_S):
+            responses.append(response)
+    except grpc.RpcError as exc:
+        _assert_precise(exc.code(), exc.details(), f"{method} {[p[:32] for p in payloads]!r}")
+    return responses
+
+
+def wire(message: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    """A message serialized, or the same kind of message garbled."""
+    return st.one_of(message.map(lambda m: m.SerializeToString()), s.garbled(message))
+
+
+# ---- lstmserve.v1 ------------------------------------------------------------------
+@given(payload=wire(s.predict_requests()))
+@settings(max_examples=examples(0.5))
+def test_native_predict(channel: grpc.Channel, payload: bytes) -> None:
+    unary(channel, NATIVE + "Predict", payload)
+
+
+@given(payload=wire(st.builds(pb.GetModelMetadataRequest, model=s.model_refs())),
+       method=st.sampled_from(["GetModelMetadata", "ListModels"]))
+@settings(max_examples=examples(0.25))
+def test_native_metadata(channel: grpc.Channel, payload: bytes, method: str) -> None:
+    unary(channel, NATIVE + method, payload)
+
+
+@st.composite
+def plausible_config(draw: st.DrawFn) -> pb.StreamRequest:
+    """A config that opens a stream, so that the chunks after it reach the step."""
+    model = draw(st.sampled_from(["har", "kws", "vowels"]))
+    config = pb.StreamConfig(model=pb.ModelRef(name=model), session_id=draw(st.sampled_from(["", "fz-a", "fz-b"])))
+    if model == "kws":
+        config.input_kind = pb.INPUT_KIND_AUDIO
+        config.audio.encoding = draw(st.sampled_from([pb.AUDIO_ENCODING_PCM16, pb.AUDIO_ENCODING_FLOAT32]))
+        config.audio.sample_rate_hz = draw(st.sampled_from([16000, 8000, 44100]))
+    return pb.StreamRequest(config=config)
+
+
+@given(first=st.one_of(plausible_config().map(lambda m: m.SerializeToString()), wire(s.stream_requests())),
+       rest=st.lists(wire(s.stream_requests()), max_size=4))
+@settings(max_examples=examples(0.5))
+def test_native_stream(channel: grpc.Channel, first: bytes, rest: list[bytes]) -> None:
+    stream(channel, NATIVE + "StreamPredict", [first, *rest])
+
+
+# ---- inference (the Open Inference Protocol) ---------------------------------------
+@given(payload=wire(st.one_of(s.infer_requests(), st.sampled_from(s.MODELS).flatmap(s.infer_requests))))
+@settings(max_examples=examples(0.5))
+def test_infer(channel: grpc.Channel, payload: bytes) -> None:
+    unary(channel, OIP + "ModelInfer", payload)
+
+
+@given(payloads=st.lists(wire(st.sampled_from(s.MODELS).flatmap(s.infer_requests)), min_size=1, max_size=4))
+@settings(max_examples=examples(0.4))
+def test_infer_stream(channel: grpc.Channel, payloads: list[bytes]) -> None:
+    for raw in stream(channel, OIP + "ModelStreamInfer", payloads):
+        answer = v2.ModelStreamInferResponse.FromString(raw)
+        assert answer.error_message != INTERNAL_MESSAGE, f"in-band INTERNAL for {[p[:32] for p in payloads]!r}"
+
+
+_NAMED = {
+    "ModelReady": v2.ModelReadyRequest, "ModelMetadata": v2.ModelMetadataRequest,
+    "ModelConfig": v2.ModelConfigRequest, "ModelStatistics": v2.ModelStatisticsRequest,
+}
+
+
+@st.composite
+def oip_requests(draw: st.DrawFn) -> tuple[str, bytes]:
+    """Any other method of the service, with hostile names, parameters or bytes."""
+    method = draw(st.sampled_from([*_NAMED, "RepositoryModelLoad", "RepositoryModelUnload", "RepositoryIndex",
+                                   "ServerMetadata", "ServerLive", "ServerReady"]))
+    message: st.SearchStrategy[Any]
+    if method in _NAMED:
+        message = st.builds(_NAMED[method], name=s.model_names, version=s.versions)
+    elif method.startswith("RepositoryModel"):
+        cls = v2.RepositoryModelLoadRequest if method.endswith("Load") else v2.RepositoryModelUnloadRequest
+        message = st.builds(cls, repository_name=st.one_of(st.just(""), s.text), model_name=s.model_names)
+    elif method == "RepositoryIndex":
+        message = st.builds(v2.RepositoryIndexRequest, repository_name=s.text, ready=st.booleans())
+    else:
+        message = st.just(getattr(v2, f"{method}Request")())
+    return method, draw(wire(message))
+
+
+@given(request=oip_requests())
+@settings(max_examples=examples(0.4))
+def test_oip_other_methods(channel: grpc.Channel, request: tuple[str, bytes]) -> None:
+    method, payload = request
+    unary(channel, OIP + method, payload)
+
+
+# ---- afterwards ----------------------------------------------------------------------
+def test_server_still_serves_and_counted_no_internal_error(fuzz_server: ServerHandle, channel: grpc.Channel) -> None:
+    """Runs after the fuzzers above (file order): normal requests of both APIs still
+    succeed, no RPC ended INTERNAL or UNKNOWN, and nothing unhandled was logged."""
+    with fuzz_server.client() as client:
+        assert client.predict("har", HAR_FRAMES).outputs[0].shape == (10, 4)
+    request = v2.ModelInferRequest(
+        model_name="vowels", inputs=[v2.ModelInferRequest.InferInputTensor(name="x", datatype="FP32",
+                                                                          shape=[1, 7, 12])],
+        raw_input_contents=[np.zeros((1, 7, 12), "<f4").tobytes()],
+    )
+    answer = unary(channel, OIP + "ModelInfer", request.SerializeToString())
+    assert answer is not None and v2.ModelInferResponse.FromString(answer).outputs[0].shape == [1, 9]
+    samples = scrape(fuzz_server.metrics_url)
+    for code in ("INTERNAL", "UNKNOWN"):
+        assert metric_sum(samples, "lstm_serve_errors_total", code=code) == 0, code
+    log = fuzz_server.log()
+    assert "unhandled error" not in log and "Traceback" not in log, log[-4000:]
