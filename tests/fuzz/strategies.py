@@ -38,7 +38,8 @@ _nasty = st.sampled_from(
 text = st.one_of(st.text(_chars, max_size=24), _nasty)
 """Any id: short unicode with NUL and control characters, or one past the length limit."""
 model_names = st.one_of(st.sampled_from(MODELS), text)
-versions = st.one_of(st.sampled_from(["", "1", "2", "01", "latest"]), text)
+versions = st.one_of(st.just(""), st.just("1"), st.sampled_from(["", "1", "2", "01", "latest"]), text)
+"""Mostly a version that exists (the default or 1), else any."""
 
 
 def dims(feature_dims: tuple[int, ...] = FEATURE_DIMS) -> st.SearchStrategy[int]:
@@ -77,8 +78,8 @@ def payload(draw: st.DrawFn, dtype: str = "<f4", max_elements: int = 64) -> tupl
         values = draw(st.lists(st.integers(-32768, 32767), min_size=count, max_size=count))
     data = np.asarray(values, dtype=dtype).tobytes()
     if mode == "off-by":
-        cut = draw(st.integers(-len(data), 8).filter(lambda n: n != 0))
-        data = data[:cut] if cut < 0 else data + bytes(cut)
+        cut = draw(st.integers(-len(data), 7))
+        data = data[:cut] if cut < 0 else data + bytes(cut + 1)
     return shape, data
 
 
@@ -104,7 +105,8 @@ def predict_requests(draw: st.DrawFn) -> pb.PredictRequest:
     """A native PredictRequest with every field hostile or absent."""
     request = pb.PredictRequest(
         model=draw(model_refs()),
-        lengths=draw(st.lists(st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1)), max_size=5)),
+        lengths=draw(st.one_of(st.just([]), st.lists(st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1)),
+                                                     max_size=5))),
         session_id=draw(st.one_of(st.just(""), text)),
         must_exist=draw(st.booleans()),
         end_session=draw(st.booleans()),
@@ -282,3 +284,84 @@ def garbled(draw: st.DrawFn, message: st.SearchStrategy[Any]) -> bytes:
     if how == "varint":
         return data + b"\x08" + b"\xff" * 11
     return data + b"\x12\xff\xff\x7f" + b"ab"
+
+
+# ---- requests that get past decoding, so that the domain's checks run too ------------
+FEATURE_MODELS = {"har": 6, "har-gru": 6, "forecast": 6, "vowels": 12}
+"""Feature models of models/ and their feature dimension (vowels is the bidirectional one)."""
+
+
+@st.composite
+def frames_array(draw: st.DrawFn, feature_dim: int, batch: int | None = None) -> np.ndarray:
+    """``[batch, frames, feature_dim]`` float32, with NaN or Inf in some examples."""
+    rows = batch if batch is not None else draw(st.integers(1, 3))
+    array = np.asarray(
+        draw(st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=1)) * (rows * 5 * feature_dim), "<f4"
+    ).reshape(rows, 5, feature_dim)
+    frames = draw(st.integers(1, 5))
+    array = np.ascontiguousarray(array[:, :frames])
+    if draw(st.integers(0, 3)) == 0:
+        array[draw(st.integers(0, rows - 1)), draw(st.integers(0, frames - 1)), 0] = draw(
+            st.sampled_from([np.nan, np.inf, -np.inf])
+        )
+    return array
+
+
+@st.composite
+def plausible_predict_requests(draw: st.DrawFn) -> pb.PredictRequest:
+    """A native Predict for a real feature model, of the right shape, with lengths,
+    sessions, offsets and states that may or may not fit."""
+    model = draw(st.sampled_from(sorted(FEATURE_MODELS)))
+    array = draw(frames_array(FEATURE_MODELS[model]))
+    batched = array.shape[0] > 1 or draw(st.booleans())
+    request = pb.PredictRequest(
+        model=pb.ModelRef(name=model),
+        features=pb.Tensor(shape=array.shape if batched else array.shape[1:], data=array.tobytes()),
+        session_id=draw(st.sampled_from(["", "", "fz-p1", "fz-p2", "\x00"])),
+        return_state=draw(st.booleans()), end_session=draw(st.booleans()), must_exist=draw(st.booleans()),
+        return_token=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        request.lengths.extend(draw(st.lists(st.integers(0, 6), min_size=array.shape[0], max_size=array.shape[0])))
+    if draw(st.integers(0, 3)) == 0:
+        request.frame_offset = draw(st.sampled_from([0, 5, 2**64 - 1]))
+    if draw(st.integers(0, 3)) == 0:
+        shape = draw(st.sampled_from([[2, array.shape[0], 32], [1, 1, 1], [2, array.shape[0], 64]]))
+        request.initial_states.add(name=draw(st.sampled_from(["h", "c", "state"])),
+                                   tensor=pb.Tensor(shape=shape, data=bytes(4 * int(np.prod(shape)))))
+    return request
+
+
+@st.composite
+def plausible_infer_requests(draw: st.DrawFn) -> v2.ModelInferRequest:
+    """A ModelInferRequest for a real model, of the right input name, datatype and
+    shape, raw or typed, with sequence parameters that may or may not fit."""
+    model = draw(st.sampled_from([*sorted(FEATURE_MODELS), "kws"]))
+    request = v2.ModelInferRequest(model_name=model, id=draw(st.sampled_from(["", "r1", "\x00"])))
+    if model == "kws":
+        datatype = draw(st.sampled_from(["INT16", "FP32"]))
+        samples = draw(st.integers(1, 400))
+        dtype = "<i2" if datatype == "INT16" else "<f4"
+        scale = draw(st.sampled_from([1000.0, 0.5, 3.0])) if dtype == "<f4" else 1000.0
+        array = (np.sin(np.arange(samples) / 7.0) * scale).astype(dtype).reshape(1, samples)
+        if dtype == "<f4" and draw(st.integers(0, 3)) == 0:
+            array[0, 0] = np.nan
+        tensor = request.inputs.add(name="AUDIO", datatype=datatype, shape=array.shape)
+        if draw(st.booleans()):
+            request.parameters["sample_rate_hz"].int64_param = draw(st.sampled_from([16000, 8000, 48000, 0, -1]))
+    else:
+        array = draw(frames_array(FEATURE_MODELS[model], batch=None if model == "vowels" else 1))
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=array.shape)
+    if draw(st.booleans()):
+        request.raw_input_contents.append(array.tobytes())
+    elif array.dtype == np.dtype("<i2"):
+        tensor.contents.int_contents.extend(array.ravel().tolist())
+    else:
+        tensor.contents.fp32_contents.extend(array.ravel().tolist())
+    if model != "vowels" or draw(st.integers(0, 3)) == 0:
+        request.parameters["sequence_id"].string_param = draw(st.sampled_from(["fz-s1", "fz-s2", "fz-s3"]))
+        request.parameters["sequence_start"].bool_param = draw(st.booleans())
+        request.parameters["sequence_end"].bool_param = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:
+        request.outputs.add(name=draw(st.sampled_from(["y", "EVENTS", "z"])))
+    return request

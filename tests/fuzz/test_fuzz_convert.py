@@ -61,7 +61,7 @@ def decoded(fn: Callable[..., T], *args: Any) -> T | None:
 
 
 # ---- lstmserve.v1 ------------------------------------------------------------------
-@given(request=s.predict_requests(), model=st.sampled_from(s.MODELS))
+@given(request=st.one_of(s.predict_requests(), s.plausible_predict_requests()), model=st.sampled_from(s.MODELS))
 @settings(max_examples=examples(1.0))
 @example(request=pb.PredictRequest(model=pb.ModelRef(name="har"), features=pb.Tensor(shape=[2**62, 2**62, 6])),
          model="har")
@@ -97,7 +97,7 @@ def test_native_model_ref(ref: pb.ModelRef) -> None:
 
 
 # ---- inference (the Open Inference Protocol) ---------------------------------------
-@given(request=s.infer_requests(), model=st.sampled_from(s.MODELS))
+@given(request=st.one_of(s.infer_requests(), s.plausible_infer_requests()), model=st.sampled_from(s.MODELS))
 @settings(max_examples=examples(1.5))
 @example(
     request=v2.ModelInferRequest(

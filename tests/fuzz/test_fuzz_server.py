@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
+from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
 from lstm_serve.transport.status import INTERNAL_MESSAGE
@@ -54,6 +55,12 @@ def channel(fuzz_server: ServerHandle) -> Iterator[grpc.Channel]:
         yield ch
 
 
+def _outcome(name: str) -> None:
+    """Record how deep an example got (``--hypothesis-show-statistics`` shows it)."""
+    if currently_in_test_context():
+        event(name)
+
+
 def _assert_precise(code: grpc.StatusCode, details: str | None, what: str) -> None:
     assert code not in BAD, f"{what}: {code.name}: {details}"
 
@@ -62,10 +69,13 @@ def unary(channel: grpc.Channel, method: str, payload: bytes) -> bytes | None:
     """Send ``payload`` as it is; the response bytes, or None after a precise refusal."""
     call = channel.unary_unary(method)
     try:
-        return call(payload, timeout=TIMEOUT_S)
+        response: bytes = call(payload, timeout=TIMEOUT_S)
     except grpc.RpcError as exc:
+        _outcome(exc.code().name)
         _assert_precise(exc.code(), exc.details(), f"{method} {payload[:64]!r}")
         return None
+    _outcome("OK")
+    return response
 
 
 def stream(channel: grpc.Channel, method: str, payloads: list[bytes]) -> list[bytes]:
@@ -77,7 +87,10 @@ def stream(channel: grpc.Channel, method: str, payloads: list[bytes]) -> list[by
         for response in call(iter(payloads), timeout=TIMEOUT_S):
             responses.append(response)
     except grpc.RpcError as exc:
+        _outcome(f"ended {exc.code().name} after {min(len(responses), 3)} responses")
         _assert_precise(exc.code(), exc.details(), f"{method} {[p[:32] for p in payloads]!r}")
+        return responses
+    _outcome(f"ended OK after {min(len(responses), 3)} responses")
     return responses
 
 
@@ -87,7 +100,7 @@ def wire(message: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 
 # ---- lstmserve.v1 ------------------------------------------------------------------
-@given(payload=wire(s.predict_requests()))
+@given(payload=wire(st.one_of(s.predict_requests(), s.plausible_predict_requests(), s.plausible_predict_requests())))
 @settings(max_examples=examples(0.5))
 def test_native_predict(channel: grpc.Channel, payload: bytes) -> None:
     unary(channel, NATIVE + "Predict", payload)
@@ -120,17 +133,20 @@ def test_native_stream(channel: grpc.Channel, first: bytes, rest: list[bytes]) -
 
 
 # ---- inference (the Open Inference Protocol) ---------------------------------------
-@given(payload=wire(st.one_of(s.infer_requests(), st.sampled_from(s.MODELS).flatmap(s.infer_requests))))
+@given(payload=wire(st.one_of(s.infer_requests(), st.sampled_from(s.MODELS).flatmap(s.infer_requests),
+                             s.plausible_infer_requests())))
 @settings(max_examples=examples(0.5))
 def test_infer(channel: grpc.Channel, payload: bytes) -> None:
     unary(channel, OIP + "ModelInfer", payload)
 
 
-@given(payloads=st.lists(wire(st.sampled_from(s.MODELS).flatmap(s.infer_requests)), min_size=1, max_size=4))
+@given(payloads=st.lists(wire(st.one_of(st.sampled_from(s.MODELS).flatmap(s.infer_requests),
+                                        s.plausible_infer_requests())), min_size=1, max_size=4))
 @settings(max_examples=examples(0.4))
 def test_infer_stream(channel: grpc.Channel, payloads: list[bytes]) -> None:
     for raw in stream(channel, OIP + "ModelStreamInfer", payloads):
         answer = v2.ModelStreamInferResponse.FromString(raw)
+        _outcome("in-band error" if answer.error_message else "in-band OK")
         assert answer.error_message != INTERNAL_MESSAGE, f"in-band INTERNAL for {[p[:32] for p in payloads]!r}"
 
 
