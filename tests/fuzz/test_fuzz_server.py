@@ -18,8 +18,8 @@ import grpc
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from lstm_serve.transport.status import INTERNAL_MESSAGE
 from lstmserve.kserve_v2 import grpc_service_pb2 as v2
