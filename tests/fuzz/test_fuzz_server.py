@@ -114,22 +114,41 @@ def test_native_metadata(channel: grpc.Channel, payload: bytes, method: str) -> 
 
 
 @st.composite
-def plausible_config(draw: st.DrawFn) -> pb.StreamRequest:
-    """A config that opens a stream, so that the chunks after it reach the step."""
-    model = draw(st.sampled_from(["har", "kws", "vowels"]))
+def plausible_stream(draw: st.DrawFn) -> list[bytes]:
+    """A stream that opens (a config for har, kws or vowels) and sends chunks of the
+    right kind, with NaN, duplicate or skipped sequence numbers, hostile messages or
+    garbage among them."""
+    model = draw(st.sampled_from(["har", "har", "kws", "kws", "vowels"]))
     config = pb.StreamConfig(model=pb.ModelRef(name=model), session_id=draw(st.sampled_from(["", "fz-a", "fz-b"])))
+    encoding = draw(st.sampled_from([pb.AUDIO_ENCODING_PCM16, pb.AUDIO_ENCODING_FLOAT32]))
     if model == "kws":
         config.input_kind = pb.INPUT_KIND_AUDIO
-        config.audio.encoding = draw(st.sampled_from([pb.AUDIO_ENCODING_PCM16, pb.AUDIO_ENCODING_FLOAT32]))
+        config.audio.encoding = encoding
         config.audio.sample_rate_hz = draw(st.sampled_from([16000, 8000, 44100]))
-    return pb.StreamRequest(config=config)
+    messages = [pb.StreamRequest(config=config).SerializeToString()]
+    for i in range(draw(st.integers(0, 4))):
+        seq = draw(st.sampled_from([i] * 6 + [i - 1, i + 1, 2**64 - 1])) % 2**64
+        if model == "kws":
+            dtype = "<i2" if encoding == pb.AUDIO_ENCODING_PCM16 else "<f4"
+            samples = (np.sin(np.arange(draw(st.integers(1, 800))) / 5.0) * 0.5).astype(dtype)
+            if dtype == "<f4" and draw(st.integers(0, 4)) == 0:
+                samples[-1] = np.nan
+            chunk = pb.Chunk(sequence_number=seq, audio=samples.tobytes()[: draw(st.sampled_from([None, None, -1]))])
+        else:
+            array = draw(s.frames_array(6, batch=1))[0]
+            chunk = pb.Chunk(sequence_number=seq, features=pb.Tensor(shape=array.shape, data=array.tobytes()))
+        messages.append(pb.StreamRequest(chunk=chunk).SerializeToString())
+    if draw(st.integers(0, 2)) == 0:
+        messages.insert(draw(st.integers(1, len(messages))), draw(wire(s.stream_requests())))
+    if draw(st.booleans()):
+        messages.append(pb.StreamRequest(end=pb.End(keep_session=draw(st.booleans()))).SerializeToString())
+    return messages
 
 
-@given(first=st.one_of(plausible_config().map(lambda m: m.SerializeToString()), wire(s.stream_requests())),
-       rest=st.lists(wire(s.stream_requests()), max_size=4))
+@given(messages=st.one_of(plausible_stream(), st.lists(wire(s.stream_requests()), min_size=1, max_size=5)))
 @settings(max_examples=examples(0.5))
-def test_native_stream(channel: grpc.Channel, first: bytes, rest: list[bytes]) -> None:
-    stream(channel, NATIVE + "StreamPredict", [first, *rest])
+def test_native_stream(channel: grpc.Channel, messages: list[bytes]) -> None:
+    stream(channel, NATIVE + "StreamPredict", messages)
 
 
 # ---- inference (the Open Inference Protocol) ---------------------------------------
