@@ -124,7 +124,7 @@ def plausible_stream(draw: st.DrawFn) -> list[bytes]:
     if model == "kws":
         config.input_kind = pb.INPUT_KIND_AUDIO
         config.audio.encoding = encoding
-        config.audio.sample_rate_hz = draw(st.sampled_from([16000, 8000, 44100]))
+        config.audio.sample_rate_hz = draw(st.sampled_from([16000, 8000, 44100, 1, 7, 192000]))
     messages = [pb.StreamRequest(config=config).SerializeToString()]
     for i in range(draw(st.integers(0, 4))):
         seq = draw(st.sampled_from([i] * 6 + [i - 1, i + 1, 2**64 - 1])) % 2**64
