@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from grpc_health.v1 import health_pb2
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
@@ -198,6 +199,52 @@ def oip_requests(draw: st.DrawFn) -> tuple[str, bytes]:
 def test_oip_other_methods(channel: grpc.Channel, request: tuple[str, bytes]) -> None:
     method, payload = request
     unary(channel, OIP + method, payload)
+
+
+# ---- health and reflection: the interceptor wraps them too ------------------------------
+HEALTH = "/grpc.health.v1.Health/"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+_SERVICES = ["", "lstmserve.v1.Inference", "inference.GRPCInferenceService", "har", "\x00"]
+
+
+def watch_first(channel: grpc.Channel, payload: bytes) -> bytes | None:
+    """Health Watch: its first answer (then cancel), or None after a precise refusal."""
+    call = channel.unary_stream(HEALTH + "Watch")(payload, timeout=TIMEOUT_S)
+    try:
+        first: bytes = next(call)
+    except grpc.RpcError as exc:
+        _outcome(exc.code().name)
+        _assert_precise(exc.code(), exc.details(), f"Health/Watch {payload[:64]!r}")
+        return None
+    finally:
+        call.cancel()
+    _outcome("OK")
+    return first
+
+
+@given(payload=wire(st.builds(health_pb2.HealthCheckRequest, service=st.one_of(st.sampled_from(_SERVICES), s.text))),
+       method=st.sampled_from(["Check", "Watch", "reflection"]))
+@settings(max_examples=examples(0.25))
+@example(payload=b"\xff\xfe\xfd", method="Watch")  # was UNKNOWN, with a traceback in the log
+@example(payload=b"\x0a\x05ab", method="Watch")  # a length past the end
+def test_health_and_reflection(channel: grpc.Channel, payload: bytes, method: str) -> None:
+    if method == "Check":
+        unary(channel, HEALTH + "Check", payload)
+    elif method == "Watch":
+        watch_first(channel, payload)
+    else:
+        stream(channel, REFLECTION, [payload])
+
+
+def test_undecodable_health_watch_is_invalid_argument(channel: grpc.Channel) -> None:
+    """Regression: grpc answered an undecodable Watch with UNKNOWN (the interceptor
+    passed unary-stream handlers through unless authentication was on)."""
+    call = channel.unary_stream(HEALTH + "Watch")(b"\xff\xfe\xfd", timeout=TIMEOUT_S)
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request is not a valid grpc.health.v1.HealthCheckRequest" in (info.value.details() or "")
+    assert watch_first(channel, health_pb2.HealthCheckRequest().SerializeToString()) is not None
 
 
 # ---- afterwards ----------------------------------------------------------------------
