@@ -23,7 +23,7 @@ _BASE = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
     print_blob=True,
 )
-settings.register_profile("ci", _BASE, max_examples=60, derandomize=True, database=None)
+settings.register_profile("ci", _BASE, max_examples=100, derandomize=True, database=None)
 settings.register_profile("fuzz", _BASE, max_examples=2000)
 settings.load_profile(os.environ.get(PROFILE_ENV, "ci"))
 
