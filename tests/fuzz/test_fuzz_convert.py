@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from lstm_serve import snapshot, state
 from lstm_serve.audio import check_audio_format
 from lstm_serve.domain import Chunk, StreamConfig
-from lstm_serve.errors import MAX_ID_BYTES, ServeError
+from lstm_serve.errors import MAX_ID_BYTES, InvalidInput, ServeError
 from lstm_serve.manifest import Manifest, load_manifest
 from lstm_serve.predict import check_frames, check_rows
 from lstm_serve.settings import Settings
@@ -134,6 +135,29 @@ def test_infer_request(request: v2.ModelInferRequest, model: str) -> None:
 def test_infer_model_ref(name: str, version: str, field: str) -> None:
     """ModelReady, ModelMetadata, ModelConfig, ModelStatistics, RepositoryModelLoad."""
     decoded(v2_convert.model_ref, name, version, field)
+
+
+TRAVERSALS = ["..", ".", "../models/har", "/tmp/evil", "har/1", "har\\..\\x", "a\x00b", ".hidden", "har/../.."]
+
+
+PATH_PARTS = st.lists(st.sampled_from(["..", "har", "/", ".", "\\"])).map("".join)
+
+
+@given(name=st.one_of(s.text, st.sampled_from(TRAVERSALS), PATH_PARTS))
+@settings(max_examples=examples(0.5))
+def test_repository_model_name_is_one_folder(name: str) -> None:
+    """RepositoryModelLoad / Unload's model_name: one folder of the repository, never a
+    path out of it (regression: '..', '/tmp/evil' and '../x' were read from disk)."""
+    accepted = decoded(v2_convert.repository_model_name, name)
+    if accepted is not None:
+        assert (REPO / "models" / accepted).parent == REPO / "models" and accepted == Path(accepted).name
+        assert not accepted.startswith(".") and "\x00" not in accepted and "\\" not in accepted
+
+
+@pytest.mark.parametrize("name", TRAVERSALS)
+def test_repository_paths_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match=r"model_name: .* is not a model folder name"):
+        v2_convert.repository_model_name(name)
 
 
 # ---- resume tokens and the session snapshots they seal --------------------------------

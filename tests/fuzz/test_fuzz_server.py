@@ -201,6 +201,40 @@ def test_oip_other_methods(channel: grpc.Channel, request: tuple[str, bytes]) ->
     unary(channel, OIP + method, payload)
 
 
+# ---- explicit model control: load and unload by name -----------------------------------
+@pytest.fixture(scope="module")
+def explicit_channel() -> Iterator[grpc.Channel]:
+    """A server with ``--model-control explicit``, so that RepositoryModelLoad and
+    Unload reach the repository."""
+    with start_server(REPO / "models", args=["--model-control", "explicit"]) as handle, \
+            grpc.insecure_channel(handle.target) as ch:
+        yield ch
+
+
+_REPOSITORY_NAMES = st.one_of(
+    st.sampled_from([*s.MODELS, "..", ".", "/tmp", "../models", "har/1", "har/..", "nope"]), s.text
+)
+
+
+@given(method=st.sampled_from(["RepositoryModelLoad", "RepositoryModelUnload"]), name=_REPOSITORY_NAMES,
+       parameter=st.one_of(st.none(), st.sampled_from(["unload_dependents", "config", "file:1/model.onnx"])))
+@settings(max_examples=examples(0.25))
+@example(method="RepositoryModelLoad", name="..", parameter=None)  # read the repository's parent folder
+@example(method="RepositoryModelLoad", name="/tmp", parameter=None)  # an absolute path
+def test_repository_load_and_unload(
+    explicit_channel: grpc.Channel, method: str, name: str, parameter: str | None
+) -> None:
+    cls = v2.RepositoryModelLoadRequest if method.endswith("Load") else v2.RepositoryModelUnloadRequest
+    request = cls(model_name=name)
+    if parameter is not None:
+        request.parameters[parameter].bool_param = True
+    unary(explicit_channel, OIP + method, request.SerializeToString())
+    index = unary(explicit_channel, OIP + "RepositoryIndex", b"")
+    assert index is not None
+    names = {m.name for m in v2.RepositoryIndexResponse.FromString(index).models}
+    assert names <= set(s.MODELS), f"the repository lists folders that are not models/ packages: {names}"
+
+
 # ---- health and reflection: the interceptor wraps them too ------------------------------
 HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
