@@ -312,17 +312,20 @@ def plausible_predict_requests(draw: st.DrawFn) -> pb.PredictRequest:
     """A native Predict for a real feature model, of the right shape, with lengths,
     sessions, offsets and states that may or may not fit."""
     model = draw(st.sampled_from(sorted(FEATURE_MODELS)))
-    array = draw(frames_array(FEATURE_MODELS[model]))
+    session_id = draw(st.sampled_from(["", "", "fz-p1", "fz-p2", "\x00"]))
+    array = draw(frames_array(FEATURE_MODELS[model], batch=1 if session_id and draw(st.integers(0, 4)) else None))
     batched = array.shape[0] > 1 or draw(st.booleans())
     request = pb.PredictRequest(
         model=pb.ModelRef(name=model),
         features=pb.Tensor(shape=array.shape if batched else array.shape[1:], data=array.tobytes()),
-        session_id=draw(st.sampled_from(["", "", "fz-p1", "fz-p2", "\x00"])),
-        return_state=draw(st.booleans()), end_session=draw(st.booleans()), must_exist=draw(st.booleans()),
-        return_token=draw(st.booleans()),
+        session_id=session_id,
+        return_state=draw(st.booleans()), end_session=draw(st.booleans()), must_exist=draw(st.integers(0, 3)) == 0,
+        return_token=draw(st.integers(0, 3)) == 0,
     )
-    if draw(st.booleans()):
-        request.lengths.extend(draw(st.lists(st.integers(0, 6), min_size=array.shape[0], max_size=array.shape[0])))
+    if draw(st.integers(0, 2)) == 0:
+        frames = array.shape[1]
+        lengths = st.one_of(st.integers(1, frames), st.integers(1, frames), st.sampled_from([0, frames + 1]))
+        request.lengths.extend(draw(st.lists(lengths, min_size=array.shape[0], max_size=array.shape[0])))
     if draw(st.integers(0, 3)) == 0:
         request.frame_offset = draw(st.sampled_from([0, 5, 2**64 - 1]))
     if draw(st.integers(0, 3)) == 0:

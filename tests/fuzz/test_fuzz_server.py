@@ -22,9 +22,12 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from lstm_client import Security
+from lstm_serve.tokens import write_key_file
 from lstm_serve.transport.status import INTERNAL_MESSAGE
 from lstmserve.kserve_v2 import grpc_service_pb2 as v2
 from lstmserve.v1 import inference_pb2 as pb
+from tests.certs import write_keys_file
 from tests.fuzz import strategies as s
 from tests.fuzz.conftest import examples
 from tests.harness import REPO, ServerHandle, metric_sum, scrape, start_server
@@ -43,9 +46,12 @@ HAR_FRAMES = np.random.default_rng(5).standard_normal((10, 6)).astype(np.float32
 
 
 @pytest.fixture(scope="module")
-def fuzz_server() -> Iterator[ServerHandle]:
-    """A server of its own: the fuzzers leave sessions and sequences behind."""
-    with start_server(REPO / "models") as handle:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A server of its own (the fuzzers leave sessions and sequences behind), with a
+    token key so that resume tokens are issued and opened too."""
+    tokens = tmp_path_factory.mktemp("fuzz-tokens") / "tokens.json"
+    write_key_file(tokens)
+    with start_server(REPO / "models", args=["--token-keys", str(tokens)]) as handle:
         yield handle
 
 
@@ -279,6 +285,71 @@ def test_undecodable_health_watch_is_invalid_argument(channel: grpc.Channel) -> 
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "request is not a valid grpc.health.v1.HealthCheckRequest" in (info.value.details() or "")
     assert watch_first(channel, health_pb2.HealthCheckRequest().SerializeToString()) is not None
+
+
+# ---- authentication on: the guarded path of the interceptor ------------------------------
+KEY = "fuzz-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def auth_channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[grpc.Channel, ServerHandle]]:
+    """API keys on (one key, for har and kws), health closed too."""
+    keys = write_keys_file(tmp_path_factory.mktemp("fuzz-auth") / "keys.json",
+                           [{"key": KEY, "subject": "fuzz", "models": ["har", "kws"]}])
+    with start_server(REPO / "models", args=["--auth-keys", str(keys)], env={"LSTM_SERVE_AUTH__OPEN_HEALTH": "false"},
+                      security=Security(token=KEY)) as handle, grpc.insecure_channel(handle.target) as ch:
+        yield ch, handle
+
+
+_ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+credentials = st.one_of(
+    st.just([("authorization", f"Bearer {KEY}")]),
+    st.just([("authorization", f"bearer {KEY}")]),
+    st.just([]),
+    st.just([("authorization", f"Bearer {KEY}"), ("authorization", f"Bearer {KEY}")]),
+    _ASCII.map(lambda t: [("authorization", f"Bearer {t}")]),
+    _ASCII.map(lambda t: [("authorization", t)]),
+    st.just([("authorization", "Basic Zm9vOmJhcg==")]),
+)
+
+
+@given(metadata=credentials, request=st.one_of(
+    wire(st.one_of(s.predict_requests(), s.plausible_predict_requests())).map(lambda p: ("Predict", p)),
+    wire(st.one_of(s.infer_requests(), s.plausible_infer_requests())).map(lambda p: ("ModelInfer", p)),
+    wire(st.builds(pb.GetModelMetadataRequest, model=s.model_refs())).map(lambda p: ("GetModelMetadata", p)),
+    wire(st.builds(health_pb2.HealthCheckRequest)).map(lambda p: ("Check", p)),
+    wire(st.builds(health_pb2.HealthCheckRequest)).map(lambda p: ("Watch", p)),
+))
+@settings(max_examples=examples(0.4))
+def test_authenticated_calls(
+    auth_channel: tuple[grpc.Channel, ServerHandle], metadata: list[tuple[str, str]], request: tuple[Any, bytes]
+) -> None:
+    """Any credential (good, lower-case scheme, missing, twice, garbage, Basic) with any
+    request: UNAUTHENTICATED, PERMISSION_DENIED or the request's own status, never INTERNAL."""
+    channel, _ = auth_channel
+    method, payload = request
+    prefix = {"Predict": NATIVE, "GetModelMetadata": NATIVE, "ModelInfer": OIP}.get(method, HEALTH)
+    try:
+        if method == "Watch":
+            watch = channel.unary_stream(HEALTH + "Watch")(payload, timeout=TIMEOUT_S, metadata=metadata)
+            try:
+                next(watch)
+            finally:
+                watch.cancel()
+        else:
+            channel.unary_unary(prefix + method)(payload, timeout=TIMEOUT_S, metadata=metadata)
+        _outcome("OK")
+    except grpc.RpcError as exc:
+        _outcome(exc.code().name)
+        _assert_precise(exc.code(), exc.details(), f"{method} {metadata!r} {payload[:32]!r}")
+
+
+def test_authenticated_server_counted_no_internal_error(auth_channel: tuple[grpc.Channel, ServerHandle]) -> None:
+    _, server = auth_channel
+    samples = scrape(server.metrics_url)
+    for code in ("INTERNAL", "UNKNOWN"):
+        assert metric_sum(samples, "lstm_serve_errors_total", code=code) == 0, code
+    assert "Traceback" not in server.log(), server.log()[-4000:]
 
 
 # ---- afterwards ----------------------------------------------------------------------
