@@ -51,8 +51,15 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHand
     token key so that resume tokens are issued and opened too."""
     tokens = tmp_path_factory.mktemp("fuzz-tokens") / "tokens.json"
     write_key_file(tokens)
-    with start_server(REPO / "models", args=["--token-keys", str(tokens)]) as handle:
+    with start_server(REPO / "models", args=["--token-keys", str(tokens), "--health-port", "0"]) as handle:
         yield handle
+
+
+@pytest.fixture(scope="module")
+def health_channel(fuzz_server: ServerHandle) -> Iterator[grpc.Channel]:
+    """The plaintext health-only port (``--health-port``), which has its own grpc server."""
+    with grpc.insecure_channel(f"127.0.0.1:{fuzz_server.health_port}") as ch:
+        yield ch
 
 
 @pytest.fixture(scope="module")
@@ -263,28 +270,42 @@ def watch_first(channel: grpc.Channel, payload: bytes) -> bytes | None:
 
 
 @given(payload=wire(st.builds(health_pb2.HealthCheckRequest, service=st.one_of(st.sampled_from(_SERVICES), s.text))),
-       method=st.sampled_from(["Check", "Watch", "reflection"]))
+       method=st.sampled_from(["Check", "Watch", "reflection"]), health_port=st.booleans())
 @settings(max_examples=examples(0.25))
-@example(payload=b"\xff\xfe\xfd", method="Watch")  # was UNKNOWN, with a traceback in the log
-@example(payload=b"\x0a\x05ab", method="Watch")  # a length past the end
-def test_health_and_reflection(channel: grpc.Channel, payload: bytes, method: str) -> None:
+@example(payload=b"\xff\xfe\xfd", method="Watch", health_port=False)  # was UNKNOWN, with a traceback in the log
+@example(payload=b"\x0a\x05ab", method="Watch", health_port=False)  # a length past the end
+@example(payload=b"\xff\xfe\xfd", method="Check", health_port=True)  # was UNKNOWN on the health port
+@example(payload=b"\xff\xfe\xfd", method="Watch", health_port=True)
+def test_health_and_reflection(
+    channel: grpc.Channel, health_channel: grpc.Channel, payload: bytes, method: str, health_port: bool
+) -> None:
+    """Health on the main port and on the health-only port; reflection on the main port."""
+    target = health_channel if health_port and method != "reflection" else channel
     if method == "Check":
-        unary(channel, HEALTH + "Check", payload)
+        unary(target, HEALTH + "Check", payload)
     elif method == "Watch":
-        watch_first(channel, payload)
+        watch_first(target, payload)
     else:
         stream(channel, REFLECTION, [payload])
 
 
-def test_undecodable_health_watch_is_invalid_argument(channel: grpc.Channel) -> None:
+@pytest.mark.parametrize("port", ["main", "health"])
+def test_undecodable_health_watch_is_invalid_argument(
+    channel: grpc.Channel, health_channel: grpc.Channel, port: str
+) -> None:
     """Regression: grpc answered an undecodable Watch with UNKNOWN (the interceptor
-    passed unary-stream handlers through unless authentication was on)."""
-    call = channel.unary_stream(HEALTH + "Watch")(b"\xff\xfe\xfd", timeout=TIMEOUT_S)
+    passed unary-stream handlers through unless authentication was on), and the
+    health-only port, which had no interceptor, answered Check and Watch so."""
+    target = channel if port == "main" else health_channel
+    call = target.unary_stream(HEALTH + "Watch")(b"\xff\xfe\xfd", timeout=TIMEOUT_S)
     with pytest.raises(grpc.RpcError) as info:
         next(call)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "request is not a valid grpc.health.v1.HealthCheckRequest" in (info.value.details() or "")
-    assert watch_first(channel, health_pb2.HealthCheckRequest().SerializeToString()) is not None
+    with pytest.raises(grpc.RpcError) as info:
+        target.unary_unary(HEALTH + "Check")(b"\xff\xfe\xfd", timeout=TIMEOUT_S)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert watch_first(target, health_pb2.HealthCheckRequest().SerializeToString()) is not None
 
 
 # ---- authentication on: the guarded path of the interceptor ------------------------------
