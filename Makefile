@@ -18,7 +18,7 @@ SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
 FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip deploy-tools client-venvs deploy-check clean
+.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip bench-sessions deploy-tools client-venvs deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -81,7 +81,10 @@ train: $(FULL_STAMP) ## retrain every bundled model into models/ and remake demo
 bench: BASE ?= HEAD~1
 bench: $(FULL_STAMP) ## benchmark: in-process ORT, server batching off/on/--workers 2, this code vs BASE (default HEAD~1); writes docs/ (~6 min)
 	$(BIN)/python scripts/bench.py --base '$(BASE)' $(BENCH_ARGS)
-	$(MAKE) bench-oip
+	$(MAKE) bench-oip bench-sessions
+
+bench-sessions: $(FULL_STAMP) ## benchmark: resume-token seal/open and CPU per chunk, Redis store against memory (Predict p50/p99, write-back CPU, store ops); writes docs/benchmarks.md (~2 min)
+	$(BIN)/python scripts/lstm_bench/sessions_bench.py
 
 bench-oip: $(FULL_STAMP) client-venvs ## benchmark: Open Inference Protocol (v2) vs native CPU per chunk, and perf_analyzer; writes docs/benchmarks.md (~2 min)
 	$(BIN)/python scripts/lstm_bench/oip.py

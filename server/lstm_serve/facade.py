@@ -225,7 +225,8 @@ class DomainFacade:
         """The inference totals of one model (every version when ``ref.version`` is
         empty), or of every version that has any when ``ref`` is None."""
         if ref is None:
-            return list(self.stats)
+            return [(r, stats) for r, stats in self.stats if auth.allowed(r.name)]
+        auth.require_model(ref.name)
         if ref.version:
             entry = self.repository.find(ref.name, ref.version)
             versions = [entry.version]

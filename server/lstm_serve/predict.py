@@ -248,6 +248,7 @@ class PredictUseCase:
             live, _ = await self._sessions.open(
                 session_id, lane.fresh_state, requested_version=request.model.version,
                 mode="continue" if continuing else "create_or_continue", stream=False, restore=restore,
+                model=lane.ref,
             )
         except SessionNotFound as missing:
             if stated is None:

@@ -18,9 +18,7 @@ defines it, over the same session step as every other API.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,25 +79,35 @@ class SequenceNotStarted(InvalidInput):
 
 
 class _Arrivals:
-    """Runs the requests of each sequence one at a time, in the order they arrived."""
+    """Runs the requests of each sequence one at a time, in the order they arrived:
+    one FIFO lock per sequence with requests in flight (asyncio's lock wakes its
+    waiters in order and costs nothing when nobody waits)."""
 
     def __init__(self) -> None:
-        self._tails: dict[str, asyncio.Future[None]] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
-    @contextlib.asynccontextmanager
-    async def turn(self, key: str) -> AsyncIterator[None]:
+    async def acquire(self, key: str) -> None:
         """Wait for the requests of ``key`` that arrived before this one."""
-        before = self._tails.get(key)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tails[key] = mine
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = (asyncio.Lock(), [0])
+        entry[1][0] += 1
         try:
-            if before is not None:
-                await asyncio.shield(before)
-            yield
-        finally:
-            mine.set_result(None)
-            if self._tails.get(key) is mine:
-                del self._tails[key]
+            await entry[0].acquire()
+        except BaseException:
+            self._leave(key)
+            raise
+
+    def release(self, key: str) -> None:
+        """Let the next request of ``key`` run."""
+        self._locks[key][0].release()
+        self._leave(key)
+
+    def _leave(self, key: str) -> None:
+        users = self._locks[key][1]
+        users[0] -= 1
+        if users[0] == 0:
+            del self._locks[key]
 
 
 class SequenceUseCase:
@@ -115,8 +123,11 @@ class SequenceUseCase:
     async def step(self, request: SequenceRequest) -> SequenceResult:
         """Apply one request of a sequence, after the ones of the same id before it."""
         with self._admission.admitted():
-            async with self._arrivals.turn(request.sequence_id):
+            await self._arrivals.acquire(request.sequence_id)
+            try:
                 return await self._step(request)
+            finally:
+                self._arrivals.release(request.sequence_id)
 
     async def _lane(self, request: SequenceRequest) -> Lane:
         """The lane of the requested model; a sequence already running on a version
@@ -180,7 +191,8 @@ class SequenceUseCase:
                      lane.manifest.name)
         try:
             live, _ = await self._sessions.open(
-                sequence_id, lane.fresh_state, requested_version=request.model.version, mode=mode, stream=False
+                sequence_id, lane.fresh_state, requested_version=request.model.version, mode=mode, stream=False,
+                model=lane.ref,
             )
         except SessionNotFound:
             expired = await self._sessions.store.was_expired(sequence_id)

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from prometheus_client import Gauge
+
 from lstm_serve import auth
 from lstm_serve.audio import AudioPipeline
 from lstm_serve.domain import AudioFormat, ModelRef
@@ -50,6 +52,11 @@ OpenMode = Literal["create_or_continue", "continue", "create", "restart"]
 """How a request opens a session: ``continue`` needs it to exist (NOT_FOUND
 otherwise), ``create`` needs it not to, ``restart`` replaces it with a fresh state,
 ``create_or_continue`` is the native API's default."""
+
+
+TOUCH_SLACK = 0.1
+"""How stale, as a share of the TTL, a session's idle clock may be when a call that
+held it ends without touching it; so a session can expire at most that much early."""
 
 
 class StaleState(SessionConflict):
@@ -339,6 +346,7 @@ class SessionRegistry:
         self._metrics = metrics
         self._lease_s = lease_s
         self._write_back_every = write_back_chunks if store.shared else 1
+        self._active_gauges: dict[ModelRef, Gauge] = {}
         self.holder = f"{socket.gethostname()}/{os.getpid()}"
         """This process's name in the leases it holds."""
 
@@ -360,9 +368,12 @@ class SessionRegistry:
         mode: OpenMode,
         stream: bool,
         restore: SessionState | None = None,
+        model: ModelRef | None = None,
     ) -> tuple[LiveSession, bool]:
         """Hold ``session_id`` (a new id when empty). ``fresh(id)`` makes the state of
-        a new session; ``restore``, a state opened from a resume token, replaces any
+        a new session (only called when one is made); ``model``, the model asked for,
+        is checked against an existing session's binding (default: ``fresh``'s);
+        ``restore``, a state opened from a resume token, replaces any
         copy that is not held (a token is a checkpoint: resuming from an older one is
         allowed, but a session in use is never taken over). Returns the live session
         and whether it existed before. The caller must :meth:`close` it with the same
@@ -373,7 +384,7 @@ class SessionRegistry:
             lease = Lease(self.store, session_id, self.holder, self._lease_s)
             await lease.acquire()
         try:
-            live, existed = await self._open(session_id, fresh, requested_version, mode, stream, restore)
+            live, existed = await self._open(session_id, fresh, requested_version, mode, stream, restore, model)
         except BaseException:
             if lease is not None and session_id not in self._live:
                 await lease.release()
@@ -412,6 +423,7 @@ class SessionRegistry:
         mode: OpenMode,
         stream: bool,
         restore: SessionState | None,
+        model: ModelRef | None,
     ) -> tuple[LiveSession, bool]:
         if restore is not None:
             if restore.principal != auth.owner():
@@ -452,13 +464,13 @@ class SessionRegistry:
             return live, False
         if live is None:
             live = self._live.setdefault(session_id, LiveSession(session_id, state))
-        probe = fresh(session_id)
-        if live.model.name != probe.model.name or (requested_version and requested_version != live.model.version):
+        asked = model if model is not None else fresh(session_id).model
+        if live.model.name != asked.name or (requested_version and requested_version != live.model.version):
             self._metrics.sessions_rejected.labels("conflict").inc()
             self._drop_if_idle(live)
             raise SessionConflict(
                 f"session_id: session '{echo(live.id)}' is bound to model '{live.model.name}' "
-                f"version {live.model.version}, not '{echo(probe.model.name)}'"
+                f"version {live.model.version}, not '{echo(asked.name)}'"
                 + (f" version {echo(requested_version)}" if requested_version else "")
             )
         if live.stream_attached or (stream and live.predict_holds):
@@ -497,7 +509,15 @@ class SessionRegistry:
             live.stream_attached = True
         else:
             live.predict_holds += 1
-        self._metrics.sessions_active.labels(live.model.name, live.model.version).inc()
+        self._active(live.model).inc()
+
+    def _active(self, ref: ModelRef) -> Gauge:
+        """The active-sessions gauge of ``ref`` (labelled once: a call holds and
+        releases a session on every request)."""
+        gauge = self._active_gauges.get(ref)
+        if gauge is None:
+            gauge = self._active_gauges[ref] = self._metrics.sessions_active.labels(ref.name, ref.version)
+        return gauge
 
     def _drop_if_idle(self, live: LiveSession) -> None:
         if not live.held and self._live.get(live.id) is live:
@@ -515,7 +535,7 @@ class SessionRegistry:
             live.write_back_every = 1
         else:
             live.predict_holds -= 1
-        self._metrics.sessions_active.labels(live.model.name, live.model.version).dec()
+        self._active(live.model).dec()
         if live.held:
             return
         current = self._live.get(live.id) is live
@@ -532,7 +552,12 @@ class SessionRegistry:
                 await live.lease.release()
 
     async def _touch(self, live: LiveSession) -> None:
-        """Restart the idle clock of a session that was only read, not advanced."""
+        """Restart the idle clock of a session that was only read, not advanced. A
+        state committed within :data:`TOUCH_SLACK` of its TTL (at most a second) is
+        fresh enough: no store round trip after a call that just advanced it."""
+        slack_ms = min(1000.0, self.store.ttl_s * 1000 * TOUCH_SLACK)
+        if now_ms() - live.state.updated_ms < slack_ms:
+            return
         stored = await self.store.get(live.id)
         if stored is not None and stored.version == live.state.version and now_ms() > stored.updated_ms:
             live.state = await self.store.compare_and_set(stored, stored.version)

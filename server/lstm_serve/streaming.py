@@ -210,6 +210,7 @@ class StreamUseCase:
             restore.session_id if restore is not None else config.session_id, lane.fresh_state,
             requested_version=config.model.version,
             mode="continue" if config.must_exist else "create_or_continue", stream=True, restore=restore,
+            model=lane.ref,
         )
         try:
             lane = self._lanes.bound(live.state)

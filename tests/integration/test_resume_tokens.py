@@ -122,6 +122,26 @@ def test_an_old_token_is_a_checkpoint_but_never_takes_a_held_session(
     assert info.value.code.name == "FAILED_PRECONDITION" and "attached to another stream" in info.value.details
 
 
+def test_an_older_token_takes_over_a_newer_detached_copy_on_another_replica(
+    replicas: tuple[ServerHandle, ServerHandle],
+) -> None:
+    """Replica A keeps a detached copy at frame 50; the client resumes from its token of
+    frame 20 on B, and later on A itself: each continues exactly from frame 20."""
+    a, b = replicas
+    x = _frames(60, seed=6)
+    chunks = [x[i : i + 10] for i in range(0, 60, 10)]
+    with a.client() as ca, b.client() as cb:
+        whole = ca.stream("lstm", chunks).outputs
+        run = ca.stream("lstm", chunks[:5], token_every=2, keep_session=True)
+        at_20 = run.results[1].resume_token
+        assert at_20 and run.results[-1].frame_offset == 40  # the copy left on A stands at frame 50
+        on_b = cb.stream("lstm", chunks[2:4], resume_token=at_20, keep_session=True)
+        on_a = ca.stream("lstm", chunks[2:], resume_token=at_20)
+    assert on_b.frame_offset == 20 and on_a.frame_offset == 20 and on_a.session_id == run.session_id
+    np.testing.assert_allclose(on_b.outputs, whole[20:40], atol=1e-6)
+    np.testing.assert_allclose(on_a.outputs, whole[20:], atol=1e-6)
+
+
 # ---- bad tokens ------------------------------------------------------------------
 
 

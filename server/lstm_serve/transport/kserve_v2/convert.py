@@ -222,6 +222,19 @@ def _parameter(request: pb.ModelInferRequest, name: str, kinds: tuple[str, ...])
     return getattr(param, kind)
 
 
+def sequence_key(request: pb.ModelInferRequest) -> str | None:
+    """The model and sequence a request belongs to, for ordering only (no validation:
+    a bad parameter is refused when the request runs); None without a sequence."""
+    if "sequence_id" not in request.parameters:
+        return None
+    param = request.parameters["sequence_id"]
+    kind = param.WhichOneof("parameter_choice")
+    value = getattr(param, kind) if kind else None
+    if value in (None, 0, ""):
+        return None
+    return f"{request.model_name}\0{value}"
+
+
 def sequence_of(request: pb.ModelInferRequest, max_id_bytes: int) -> Sequence | None:
     """The request's sequence parameters, or None when it names no sequence. An int64
     id N is session id ``str(N)``; a string id is itself. 0 and "" mean no sequence."""

@@ -6,9 +6,11 @@ stream open, as Triton does."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import grpc
 
@@ -160,13 +162,17 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests run as they arrive (in order per sequence; sequences concurrently);
-        answers come back as they finish. A failed request is answered in band."""
+        """Requests run as they arrive: one worker per sequence takes its requests in
+        order, sequences (and requests without one) run concurrently, and answers come
+        back as they finish. A failed request is answered in band."""
         backlog = self._settings.kserve_v2.max_stream_backlog
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
+        waiting: dict[str, collections.deque[pb.ModelInferRequest]] = {}
+        workers: set[asyncio.Task[None]] = set()
+        in_flight = 0
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            nonlocal in_flight
             try:
                 response = await self._infer(request)
                 if convert.wants_final_flag(request):
@@ -174,27 +180,48 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 reply = pb.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:
                 reply = _in_band_error(request, exc)
-            await answers.put(reply)
+            in_flight -= 1
+            answers.put_nowait(reply)
+
+        async def sequence_worker(key: str) -> None:
+            queue = waiting[key]
+            try:
+                while queue:
+                    await answer(queue.popleft())
+            finally:
+                del waiting[key]
+
+        def start(coroutine: Coroutine[Any, Any, None]) -> None:
+            task = asyncio.ensure_future(coroutine)
+            workers.add(task)
+            task.add_done_callback(workers.discard)
 
         async def read() -> None:
+            nonlocal in_flight
             try:
                 async for request in request_iterator:
-                    if len(running) >= backlog:
+                    if in_flight >= backlog:
                         error = Overloaded(
                             f"ModelStreamInfer: {backlog} requests of this stream are in flight "
                             "(LSTM_SERVE_KSERVE_V2__MAX_STREAM_BACKLOG); wait for answers before sending more"
                         )
-                        await answers.put(_in_band_error(request, error))
+                        answers.put_nowait(_in_band_error(request, error))
                         continue
-                    task = asyncio.ensure_future(answer(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.wait(set(running))
+                    in_flight += 1
+                    key = convert.sequence_key(request)
+                    if key is None:
+                        start(answer(request))
+                    elif key in waiting:
+                        waiting[key].append(request)
+                    else:
+                        waiting[key] = collections.deque([request])
+                        start(sequence_worker(key))
+                while workers:
+                    await asyncio.wait(set(workers))
             except Exception as exc:  # an undecodable request ends the stream with its status
-                await answers.put(_in_band_error(pb.ModelInferRequest(), exc))
+                answers.put_nowait(_in_band_error(pb.ModelInferRequest(), exc))
             finally:
-                await answers.put(None)
+                answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
@@ -202,7 +229,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield reply
         finally:
             reader.cancel()
-            for task in list(running):
+            for task in list(workers):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
