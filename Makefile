@@ -62,7 +62,7 @@ client-venvs: ## install the Open Inference Protocol clients (tritonclient, kser
 test: $(FULL_STAMP) deploy-tools client-venvs proto-check lint ## the whole test suite (what CI runs)
 	$(BIN)/pytest
 
-fuzz: $(FULL_STAMP) ## the decoder fuzzers with many examples (hypothesis profile `fuzz`, ~3 min; `make test` runs `ci`)
+fuzz: $(FULL_STAMP) ## the decoder fuzzers with many examples (hypothesis profile `fuzz`, about 20,000 examples, ~2 min; `make test` runs `ci`)
 	LSTM_SERVE_FUZZ_PROFILE=fuzz $(BIN)/pytest tests/fuzz --hypothesis-show-statistics $(FUZZ_ARGS)
 
 lock: ## re-pin the runtime dependencies into requirements.lock (uv in .venv-audit; Python 3.11.11, linux x86_64, hashes)
