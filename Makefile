@@ -9,27 +9,33 @@ BIN    := $(VENV)/bin
 # `full` adds the `train` and `dev` extras (torch, pytest, ruff, mypy, grpcio-tools).
 SERVE_EXTRAS :=
 FULL_EXTRAS  := train,dev
-stamp = $(VENV)/.installed-$(1)-$(shell { cat pyproject.toml; echo 'extras=$(2)'; } | sha1sum | cut -c1-12)
+stamp = $(VENV)/.installed-$(1)-$(shell { cat pyproject.toml requirements.lock; echo 'extras=$(2)'; } | sha1sum | cut -c1-12)
+# The runtime dependencies install at the versions requirements.lock pins (what the image
+# installs), as constraints without the hashes: the extras' own packages are not locked.
+CONSTRAINTS := $(VENV)/constraints.txt
+constraints = grep -E '^[a-z0-9].*==' requirements.lock | sed 's/ *\\$$//' > $(CONSTRAINTS)
 SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
 FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test lint proto proto-check gpu-check train bench bench-oip bench-sessions deploy-tools client-venvs deploy-check clean
+.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip bench-sessions deploy-tools client-venvs deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 # The lean install. A full install includes it, so it also writes this stamp.
-$(SERVE_STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	@$(constraints)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	@rm -f $(VENV)/.installed-serve-* && touch $@
 
-$(FULL_STAMP): pyproject.toml
+$(FULL_STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(FULL_EXTRAS)]'
+	@$(constraints)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(FULL_EXTRAS)]'
 	@rm -f $(VENV)/.installed-* && touch $@ $(SERVE_STAMP)
 
 setup: $(FULL_STAMP) ## create .venv with the server, client, training and dev tools
@@ -56,6 +62,15 @@ client-venvs: ## install the Open Inference Protocol clients (tritonclient, kser
 test: $(FULL_STAMP) deploy-tools client-venvs proto-check lint ## the whole test suite (what CI runs)
 	$(BIN)/pytest
 
+fuzz: $(FULL_STAMP) ## the decoder fuzzers with many examples (hypothesis profile `fuzz`, about 20,000 examples, ~2 min; `make test` runs `ci`)
+	LSTM_SERVE_FUZZ_PROFILE=fuzz $(BIN)/pytest tests/fuzz --hypothesis-show-statistics $(FUZZ_ARGS)
+
+lock: ## re-pin the runtime dependencies into requirements.lock (uv in .venv-audit; Python 3.11.11, linux x86_64, hashes)
+	scripts/audit.sh lock
+
+audit: ## pip-audit requirements.lock (.venv-audit); says so plainly when no advisory source answers
+	scripts/audit.sh audit
+
 gpu-check: $(FULL_STAMP) ## on a CUDA machine: CUDA/TensorRT chosen and outputs match the CPU
 	$(BIN)/python scripts/gpu_check.py
 
@@ -78,4 +93,4 @@ deploy-check: $(FULL_STAMP) deploy-tools ## validate deploy/ (kustomize, schemas
 	$(BIN)/pytest tests/deploy
 
 clean: ## remove virtualenvs and caches
-	rm -rf $(VENV) .venv-deploy .venv-triton .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-deploy .venv-triton .venv-audit .hypothesis .pytest_cache .mypy_cache .ruff_cache

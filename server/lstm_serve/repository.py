@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lstm_serve.errors import ManifestError, ModelNotFound, ModelNotReady, echo
+from lstm_serve.errors import InvalidInput, ManifestError, ModelNotFound, ModelNotReady, echo
 from lstm_serve.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, load_manifest
 from lstm_serve.runtime import MemoryArena, ModelRuntime
 
@@ -131,6 +131,19 @@ class _Loader:
         return entry
 
 
+def check_folder_name(name: str, field: str) -> str:
+    """Refuse a model name that is not one folder directly under the repository (a
+    path separator, NUL, ``.``/``..`` or a leading dot, which the scan skips), so that
+    an explicit load never reads outside the repository. INVALID_ARGUMENT naming
+    ``field``."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\x00"):
+        raise InvalidInput(
+            f"{field}: '{echo(name)}' is not a model folder name; a model is one folder directly under the "
+            "repository: no '/', '\\', NUL or leading '.'"
+        )
+    return name
+
+
 @dataclass
 class ModelRepository:
     """All model versions found under ``root``."""
@@ -176,7 +189,7 @@ class ModelRepository:
         unloaded loads afresh and replaces its entry; unchanged ready versions are
         kept (their sessions go on); versions gone from disk are unloaded. Raises
         :class:`ModelNotFound` when the folder does not exist."""
-        folder = self.root / name
+        folder = self.root / check_folder_name(name, "model_name")
         if not folder.is_dir():
             raise ModelNotFound(
                 f"model_name: failed to load '{echo(name)}', no version is available in the model repository"

@@ -203,8 +203,10 @@ class LstmServer:
         return authenticator
 
     def _build_health_server(self, host: str, port: int, options: list[tuple[str, int]]) -> grpc.aio.Server:
-        """A plaintext port with grpc.health.v1 only, for the kubelet's gRPC probes."""
-        health_server = grpc.aio.server(options=options)
+        """A plaintext port with grpc.health.v1 only, for the kubelet's gRPC probes. It
+        is open (no authentication), and its interceptor answers a request that does
+        not parse with INVALID_ARGUMENT, as on the main port (grpc alone: UNKNOWN)."""
+        health_server = grpc.aio.server(interceptors=[ErrorInterceptor(self.metrics, ())], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
         self.health_port = health_server.add_insecure_port(f"{host}:{port}")
         if self.health_port == 0:

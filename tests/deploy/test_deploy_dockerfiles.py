@@ -142,3 +142,30 @@ def test_copied_sources_exist_in_the_build_context(dockerfile: tuple[str, list[I
                 assert (REPO / path).exists(), f"line {ins.line}: {source} is not in the repo"
             ignored = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(path, p.lstrip("/"))]
             assert not ignored, f"line {ins.line}: {source} is excluded by .dockerignore {ignored}"
+
+
+def test_cpu_image_installs_the_runtime_dependencies_from_the_lock_only() -> None:
+    """requirements.lock, hash-checked, is the only source of the CPU image's
+    dependencies: the package itself installs with --no-deps, and pip check proves the
+    lock satisfies it (issue 14 item 7)."""
+    build = stages(parse(DOCKERFILES["cpu"]))[0]
+    copied = [v for i in build if i.cmd == "COPY" for v in i.value[:-1]]
+    assert "requirements.lock" in copied
+    installs = [" ".join(i.value) for i in build if i.cmd == "RUN" and "pip install" in " ".join(i.value)]
+    from_lock = [r for r in installs if "-r requirements.lock" in r]
+    assert from_lock and all("--require-hashes" in r and "--no-deps" in r for r in from_lock)
+    for run in installs:
+        for command in run.split("&&"):
+            if "pip install" in command and "-r requirements.lock" not in command:
+                assert "--no-deps" in command, f"installs dependencies outside the lock: {command.strip()}"
+    assert any("pip check" in r for r in installs)
+
+
+def test_gpu_image_takes_the_lock_as_constraints() -> None:
+    build = stages(parse(DOCKERFILES["gpu"]))[0]
+    copied = [v for i in build if i.cmd == "COPY" for v in i.value[:-1]]
+    assert "requirements.lock" in copied
+    runs = " ".join(" ".join(i.value) for i in build if i.cmd == "RUN")
+    for command in runs.split("&&"):
+        if "pip install" in command and "TENSORRT_PIP" not in command:
+            assert "-c /tmp/constraints.txt" in command, command.strip()

@@ -175,7 +175,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap every unary-unary and stream-stream handler; pass others through."""
+        """Wrap every unary-unary, unary-stream and stream-stream handler (the only
+        kinds served); pass others through."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -197,9 +198,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None and guarded:
+        if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_unary_stream(method, handler.unary_stream),
+                self._wrap_unary_stream(method, guarded, handler.unary_stream),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -227,19 +228,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_unary_stream(self, method: str | None, behavior: Any) -> Any:
-        """Health's Watch when health is not open: authenticated like the rest. It
-        writes with ``context.write``, so it stays a coroutine; a generator handler
-        stays a generator."""
+    def _wrap_unary_stream(self, method: str | None, guarded: bool, behavior: Any) -> Any:
+        """Health's Watch: a request that does not parse is INVALID_ARGUMENT (grpc
+        alone answers UNKNOWN and logs a traceback), and when health is not open it is
+        authenticated like the rest. It writes with ``context.write``, so it stays a
+        coroutine; a generator handler stays a generator."""
         if not inspect.isasyncgenfunction(behavior):
-            return self._wrap_unary(method, True, behavior)
+            return self._wrap_unary(method, guarded, behavior)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with (
-                self._handled(method, True, context),
-                contextlib.aclosing(behavior(request, context)) as responses,
-            ):
-                async for response in responses:
-                    yield response
+            async with self._handled(method, guarded, context):
+                if isinstance(request, _Undecodable):
+                    raise request.error()
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
 
         return wrapped

@@ -33,7 +33,7 @@ from lstm_serve.domain import AudioFormat, ModelInfo, ModelRef, PredictInput, Pr
 from lstm_serve.errors import InvalidInput, ModelNotReady, check_id, echo
 from lstm_serve.events import Event
 from lstm_serve.manifest import LogMelFrontend, Manifest
-from lstm_serve.repository import ModelEntry
+from lstm_serve.repository import ModelEntry, check_folder_name
 from lstm_serve.sequences import SequenceRequest, SequenceResult
 from lstm_serve.settings import Settings
 from lstm_serve.statistics import Duration, ModelStats
@@ -73,6 +73,12 @@ def model_ref(name: str, version: str, field: str = "model_name") -> ModelRef:
     if not name:
         raise InvalidInput(f"{field}: required; RepositoryIndex lists the models")
     return ModelRef(check_id(name, field), check_id(version, "model_version"))
+
+
+def repository_model_name(name: str) -> str:
+    """The model of RepositoryModelLoad / Unload: a required name that is one folder of
+    the repository, never a path (``../x``, ``/tmp/x``) out of it."""
+    return check_folder_name(model_ref(name, "").name, "model_name")
 
 
 def require_manifest(info: ModelInfo, unloaded_ok: bool = False) -> Manifest:

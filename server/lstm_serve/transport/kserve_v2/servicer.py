@@ -118,7 +118,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"parameters['{key[:64]}']: not supported; lstm-serve reads each version's manifest.json and "
                 "model.onnx from the repository folder"
             )
-        return convert.model_ref(request.model_name, "").name
+        return convert.repository_model_name(request.model_name)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
