@@ -170,12 +170,13 @@ async def run_load(router: Router, mix: Mix, inputs: Inputs, seconds: float, war
     slots = [("har", i) for i in range(mix.har_streams)]
     slots += [("kws", mix.har_streams + i) for i in range(mix.kws_streams)]
     stop = asyncio.Event()
-    watcher = asyncio.get_running_loop().create_task(router.watch_health(stop))
+    bound_s = warmup_s + seconds + 240
+    watcher = asyncio.get_running_loop().create_task(router.watch_health(stop, bound_s))
     jobs = [load.stream_slot(i, kind, start + pace * n / max(1, len(slots))) for n, (kind, i) in enumerate(slots)]
     jobs.append(load.predict_driver(mix.predict_per_s))
     cpu0 = _cpu()
     try:
-        await asyncio.wait_for(asyncio.gather(*jobs, *(extra or [])), warmup_s + seconds + 240)
+        await asyncio.wait_for(asyncio.gather(*jobs, *(extra or [])), bound_s)
     finally:
         stop.set()
         await watcher
@@ -289,6 +290,14 @@ def rss_growth(life: Life, load_start_s: float, load_end_s: float, warmup_s: flo
                   "window_s": [round(begin, 1), round(end, 1)]}
 
 
+def cpu_cores(life: Life) -> float | None:
+    """The process's mean CPU use over its samples, in cores."""
+    if len(life.samples) < 2:
+        return None
+    first, last = life.samples[0], life.samples[-1]
+    return round((last["cpu_s"] - first["cpu_s"]) / (last["t"] - first["t"]), 3) if last["t"] > first["t"] else None
+
+
 def latency_windows(stats: Stats, clock0: float) -> list[dict[str, Any]]:
     """p50/p99 per window, per stream kind and all together."""
     rows = []
@@ -315,7 +324,7 @@ def build_report(args: argparse.Namespace, *, fleet: Fleet, stats: Stats, mix: M
         servers.append({
             "replica": life.label, "pid": life.server.process.pid, "started_s": round(life.started_s, 2),
             "terminated_s": life.terminated_s, "exited_s": life.exited_s, "exit_code": life.exit_code,
-            "fds": {"start": life.fds_start, "end": life.fds_end}, "rss": growth,
+            "fds": {"start": life.fds_start, "end": life.fds_end}, "rss": growth, "cpu_cores": cpu_cores(life),
             "samples": life.samples,
         })
     judged = [s for s in servers if s["rss"].get("growth_pct") is not None]

@@ -206,9 +206,11 @@ class Router:
         choices = [n for n in serving if n != avoid] or serving or [n for n in names if n != avoid] or names
         return self.replicas[choices[next(self._turn) % len(choices)]]
 
-    async def watch_health(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
-        """Health-check every replica until ``stop`` (bounded by it)."""
-        while not stop.is_set():
+    async def watch_health(self, stop: asyncio.Event, seconds: float, interval_s: float = 0.5) -> None:
+        """Health-check every replica every ``interval_s`` until ``stop``, for at most ``seconds``."""
+        for _ in range(int(seconds / interval_s) + 1):
+            if stop.is_set():
+                return
             for replica in list(self.replicas.values()):
                 stub = health_pb2_grpc.HealthStub(replica.channels[0])
                 try:

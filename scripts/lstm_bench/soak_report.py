@@ -130,15 +130,16 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
             _ms(rss.get("start_mb")), _ms(rss.get("after_warmup_mb")), _ms(rss.get("end_mb")), _ms(rss.get("max_mb")),
             "-" if rss.get("growth_pct") is None else f"{rss['growth_pct']:+.2f} %",
             s["fds"]["start"], "-" if s["fds"]["end"] is None else s["fds"]["end"],
+            "-" if s.get("cpu_cores") is None else f"{s['cpu_cores']:.2f}",
         ])
     out += _table(["replica", "up at s", "exited at s", "RSS start MB", "after warm-up", "end", "max", "growth",
-                   "fds start", "fds end"], rows)
+                   "fds start", "fds end", "CPU cores"], rows)
     out += [
         "",
         "RSS after warm-up and at the end are medians over a tenth of the run (at least 5 s) each, the warm-up "
         "being a fifth of the run (at least 10 s) from the process's start or the soak's; `fds end` of the "
         "SIGTERMed replica is read at the SIGTERM, with the soak's connections open; the others once every "
-        "client channel was closed.",
+        "client channel was closed. CPU cores: the process's mean over its samples (idle stretches included).",
         "",
     ]
     out += [f"![{p}]({p})" for p in plots if "rss" in p] + [""]
