@@ -123,17 +123,47 @@ def session_metrics(life: Life) -> dict[str, Any]:
     """The server's own session counters, read now."""
     samples = scrape(life.server.metrics_url)
     ended: dict[str, float] = {}
+    errors: dict[str, int] = {}
     for key, value in samples.items():
         if key.startswith("lstm_serve_sessions_ended_total{"):
-            reason = key.split('reason="', 1)[1].split('"', 1)[0]
+            reason = label(key, "reason")
             ended[reason] = ended.get(reason, 0.0) + value
+        elif key.startswith("lstm_serve_errors_total{") and value:
+            errors[f"{label(key, 'method')}:{label(key, 'code')}"] = int(value)
     return {
         "stored": metric_total(samples, "lstm_serve_sessions_stored"),
         "active": metric_total(samples, "lstm_serve_sessions_active"),
         "created": metric_total(samples, "lstm_serve_sessions_created_total"),
         "ended": {k: int(v) for k, v in sorted(ended.items())},
         "draining_handoffs": metric_total(samples, "lstm_serve_draining_handoffs_total"),
+        "errors_total": dict(sorted(errors.items())),
     }
+
+
+def label(key: str, name: str) -> str:
+    """The value of label ``name`` in a ``scrape`` key."""
+    return key.split(f'{name}="', 1)[1].split('"', 1)[0] if f'{name}="' in key else ""
+
+
+def by_code(stats: Stats) -> dict[str, dict[str, int]]:
+    """Every failed call or refused message the clients saw, by gRPC status code: unexpected,
+    injected (a client's own cancel counts as CANCELLED), and caused by the SIGTERM."""
+    out: dict[str, dict[str, int]] = {"unexpected": {}, "injected": {}, "sigterm": {}}
+
+    def add(part: str, code: str, n: int) -> None:
+        out[part][code] = out[part].get(code, 0) + n
+
+    for key, n in stats.errors.items():
+        add("unexpected", key.rsplit(":", 1)[1], n)
+    for key, n in stats.injected.items():
+        if key == "disconnect":
+            add("injected", "CANCELLED", n)
+        elif ":" in key:
+            add("injected", key.rsplit(":", 1)[1], n)
+    for key, n in stats.drain.items():
+        if ":" in key:
+            add("sigterm", key.rsplit(":", 1)[1], n)
+    return {part: dict(sorted(codes.items())) for part, codes in out.items()}
 
 
 async def sample_lives(fleet: Fleet, stop: asyncio.Event, every_s: float, limit: int) -> None:
@@ -345,6 +375,7 @@ def build_report(args: argparse.Namespace, *, fleet: Fleet, stats: Stats, mix: M
         "grace_s": args.grace, "restart": not args.no_restart, "capacity": cap,
         "load_fraction": args.load_fraction, "mix": mix.describe(), "timeline": timeline,
         "verdict": verdict,
+        "errors_by_code": by_code(stats),
         "errors": dict(sorted(stats.errors.items())), "injected": dict(sorted(stats.injected.items())),
         "drain": dict(sorted(stats.drain.items())), "counts": dict(sorted(stats.counts.items())),
         "resent_max_abs_diff": stats.mismatch_max,

@@ -292,7 +292,8 @@ class _Attempt:
     """How one stream attempt ended."""
 
     outcome: str = "open"
-    """final, draining, disconnect, bad_chunk, stopped (load over), or the status code of a failure."""
+    """open (still, or ended without final: a failure), final, draining, disconnect, bad_chunk, or
+    started_failed (refused before ``started``)."""
     code: str = ""
     started_at: float = 0.0
 
@@ -343,9 +344,9 @@ class StreamLoad:
             await asyncio.sleep(start - now)
         broke_at, cause, avoid = 0.0, "", None
         give_up = 0.0
-        for attempt_no in range(MAX_ATTEMPTS):
+        for tries in range(MAX_ATTEMPTS):
             replica = self.router.pick(avoid)
-            attempt = await self._attempt(session, replica, resumed=attempt_no > 0)
+            attempt = await self._attempt(session, replica, resumed=bool(cause))
             now = time.monotonic()
             if attempt.outcome == "started_failed":
                 # refused before started (a draining or dead replica): try another one
@@ -358,11 +359,11 @@ class StreamLoad:
                     stats.error(f"{kind}_resume", "GAVE_UP")
                     return
                 avoid = replica.name
-                await asyncio.sleep(0.05 * min(attempt_no + 1, 10))
+                await asyncio.sleep(0.05 * min(tries + 1, 10))
                 continue
             if cause:
                 stats.resume_gaps[cause].append(attempt.started_at - broke_at)
-            if attempt.outcome in ("final", "stopped"):
+            if attempt.outcome == "final":
                 stats.counts["sessions_ended"] += 1
                 return
             broke_at, cause, give_up = now, attempt.outcome, 0.0

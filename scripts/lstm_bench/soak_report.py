@@ -40,6 +40,26 @@ def _counts(counts: dict[str, int], empty: str) -> list[str]:
     return _table(["what", "count"], [[f"`{k}`", v] for k, v in counts.items()])
 
 
+def _by_code(parts: dict[str, dict[str, int]]) -> list[str]:
+    codes = sorted({code for part in parts.values() for code in part})
+    if not codes:
+        return ["No call failed and no message was refused."]
+    rows = [[f"`{c}`", parts["unexpected"].get(c, 0), parts["injected"].get(c, 0), parts["sigterm"].get(c, 0)]
+            for c in codes]
+    return ["What the clients saw (a client's own cancel of a stream counts as CANCELLED):", "",
+            *_table(["status", "unexpected", "injected", "caused by the SIGTERM"], rows)]
+
+
+def _server_errors(r: dict[str, Any]) -> list[str]:
+    final = r["sessions"]["final"]
+    codes = sorted({k for m in final.values() for k in m.get("errors_total", {})})
+    if not codes:
+        return []
+    rows = [[f"`{c}`", *(final[name].get("errors_total", {}).get(c, 0) for name in final)] for c in codes]
+    return ["The servers' own count (`lstm_serve_errors_total`, by method and code; the SIGTERMed process's "
+            "counters ended with it):", "", *_table(["method:code", *final], rows), ""]
+
+
 def markdown(r: dict[str, Any], plots: list[str]) -> str:
     """The generated block."""
     m, mix, v, t = r["machine"], r["mix"], r["verdict"], r["timeline"]
@@ -87,7 +107,9 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         "",
         "### Errors by status code",
         "",
-        "Unexpected (anything not caused by an injected fault or the SIGTERM):",
+        *_by_code(r["errors_by_code"]),
+        "",
+        "Unexpected (anything not caused by an injected fault or the SIGTERM), by where:",
         "",
         *_counts(r["errors"], "none."),
         "",
@@ -99,6 +121,7 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         "",
         *_counts(r["drain"], "nothing."),
         "",
+        *_server_errors(r),
         f"Resent chunks (after a resume) answered: {r['counts'].get('chunks_resent_answered', 0)}; largest difference "
         f"from the first answer of the same chunk: {r['resent_max_abs_diff']:.2g}.",
         "",

@@ -37,6 +37,10 @@ def test_soak_smoke_60s_32_streams() -> None:
     print(json.dumps({**summary, "latency_ms": report["latency_ms"]["overall"], "counts": report["counts"]}))
     assert report["errors"] == {}, summary
     assert report["verdict"]["unexpected_errors"] == 0
+    assert report["errors_by_code"]["unexpected"] == {}
+    # the surviving servers' own error counters hold only what the clients injected
+    server_codes = {key.rsplit(":", 1)[1] for m in report["sessions"]["final"].values() for key in m["errors_total"]}
+    assert server_codes <= {"CANCELLED", "INVALID_ARGUMENT"}, report["sessions"]["final"]
     assert report["capacity"] == {"skipped": True, "streams_given": 32}
     assert report["mix"]["har_streams"] == 24 and report["mix"]["kws_streams"] == 8
 
