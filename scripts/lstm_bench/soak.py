@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,9 +191,10 @@ async def sample_lives(fleet: Fleet, stop: asyncio.Event, every_s: float, limit:
 
 # ---------------------------------------------------------------------------- runs
 async def run_load(router: Router, mix: Mix, inputs: Inputs, seconds: float, warmup_s: float, window_s: float,
-                   seed: int, extra: list[Any] | None = None) -> tuple[Stats, float]:
+                   seed: int, extra: list[Any] | None = None, library_streams: int = 0) -> tuple[Stats, float]:
     """Drive ``mix`` for ``warmup_s + seconds``; the stats' windows start after the warm-up.
-    ``extra`` coroutines run beside the load (they must end by themselves)."""
+    ``extra`` coroutines run beside the load (they must end by themselves); ``library_streams``
+    more ``har`` streams go through the client library's auto-resume, each in its own thread."""
     start = time.monotonic() + 0.1
     stats = Stats(start + warmup_s, window_s)
     load = StreamLoad(router, stats, mix, inputs, start, start + warmup_s + seconds, seed)
@@ -204,12 +206,24 @@ async def run_load(router: Router, mix: Mix, inputs: Inputs, seconds: float, war
     watcher = asyncio.get_running_loop().create_task(router.watch_health(stop, bound_s))
     jobs = [load.stream_slot(i, kind, start + pace * n / max(1, len(slots))) for n, (kind, i) in enumerate(slots)]
     jobs.append(load.predict_driver(mix.predict_per_s))
+    target = "ipv4:" + ",".join(r.target for _, r in sorted(router.replicas.items()))
+    pool = ThreadPoolExecutor(max(1, library_streams), thread_name_prefix="soak-library")
+    loop = asyncio.get_running_loop()
+    library = [loop.run_in_executor(pool, load.library_slot, i, target, start + pace * i / max(1, library_streams))
+               for i in range(library_streams)]
     cpu0 = _cpu()
     try:
         await asyncio.wait_for(asyncio.gather(*jobs, *(extra or [])), bound_s)
+        for counts in await asyncio.wait_for(asyncio.gather(*library), 120.0):
+            for key, n in counts.items():
+                if key.startswith("error:"):
+                    stats.errors[key.removeprefix("error:")] += n
+                else:
+                    stats.counts[key] += n
     finally:
         stop.set()
         await watcher
+        pool.shutdown(wait=False, cancel_futures=True)
     return stats, _cpu() - cpu0
 
 
@@ -280,7 +294,12 @@ async def drain_one(fleet: Fleet, router: Router, at: float, restart: bool, time
     life.exited_s = timeline["exited_s"] = round(time.monotonic() - fleet.clock0, 2)
     log(f"replica {life.label} exited with {life.exit_code} after {life.exited_s - life.terminated_s:.1f} s")
     if restart:
-        new = await asyncio.to_thread(fleet.start, "A")
+        try:
+            new = await asyncio.to_thread(fleet.start, "A")
+        except RuntimeError as exc:  # reported; B carries the rest of the soak
+            timeline["restart_error"] = str(exc)[-2000:]
+            log(f"replica A did not come back: {exc}")
+            return
         router.add("A", new.server.target)
         timeline["restarted_s"] = round(new.started_s, 2)
 
@@ -365,7 +384,7 @@ def build_report(args: argparse.Namespace, *, fleet: Fleet, stats: Stats, mix: M
         "unexpected_errors": unexpected, "leaked_sessions": sessions["leaked"],
         "rss_growth_pct": {s["replica"]: s["rss"]["growth_pct"] for s in servers},
         "rss_target_pct": args.rss_target_pct, "rss_ok": rss_ok,
-        "passed": unexpected == 0 and sessions["leaked"] == 0 and rss_ok,
+        "passed": unexpected == 0 and sessions["leaked"] == 0 and rss_ok and "restart_error" not in timeline,
     }
     return {
         "started_utc": started_utc, "machine": machine_info,
@@ -373,7 +392,8 @@ def build_report(args: argparse.Namespace, *, fleet: Fleet, stats: Stats, mix: M
         "command": "python scripts/lstm_bench/soak.py " + " ".join(sys.argv[1:]),
         "duration_s": args.duration, "window_s": args.window, "session_ttl_s": args.session_ttl,
         "grace_s": args.grace, "restart": not args.no_restart, "capacity": cap,
-        "load_fraction": args.load_fraction, "mix": mix.describe(), "timeline": timeline,
+        "load_fraction": args.load_fraction, "mix": mix.describe() | {"library_streams": args.library_streams},
+        "timeline": timeline,
         "verdict": verdict,
         "errors_by_code": by_code(stats),
         "errors": dict(sorted(stats.errors.items())), "injected": dict(sorted(stats.injected.items())),
@@ -435,7 +455,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         drain = drain_one(fleet, router, load_start + 0.1 + args.duration / 2, not args.no_restart, timeline)
         try:
             stats, client_cpu = await run_load(router, mix, inputs, args.duration, 0.0, args.window, args.seed,
-                                               extra=[drain])
+                                               extra=[drain], library_streams=args.library_streams)
         finally:
             await router.close()
         load_end_s = time.monotonic() - load_start
@@ -463,6 +483,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-seconds", type=float, default=8.0, help="measured seconds per sweep point (default 8)")
     p.add_argument("--max-streams", type=int, default=256, help="the sweep's highest point (default 256)")
     p.add_argument("--kws-fraction", type=float, default=0.25, help="share of kws audio streams (default 0.25)")
+    p.add_argument("--library-streams", type=int, default=2,
+                   help="more har streams through LstmClient.stream(auto_resume=True), not scaled (default 2)")
     p.add_argument("--predict-rate", type=float, default=2.0, help="Predict calls per second (default 2)")
     p.add_argument("--disconnect-rate", type=float, default=1.0, help="disconnects per stream-minute (default 1)")
     p.add_argument("--bad-chunk-rate", type=float, default=0.5, help="bad chunks per stream-minute (default 0.5)")

@@ -12,6 +12,9 @@ in one asyncio loop (``grpc.aio``), against replicas that may drain and come bac
   chunk (the server answers INVALID_ARGUMENT), a ``draining`` message, or a failure.
   A resent chunk's first result is kept; for feature models the second one is
   compared with it.
+- ``library_slot``: a ``har`` stream through the client library's own
+  ``LstmClient.stream(auto_resume=True)``, blocking, in a thread, against a target
+  naming both replicas.
 - ``predict_driver``: Predict calls at a fixed rate, half stateless (a batch of ``har``
   sequences; one in twenty carries a NaN and must get INVALID_ARGUMENT), half stateful
   jobs of three calls (``frame_offset`` 0, 50, 100, a token returned each time, the
@@ -40,7 +43,16 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lstm_client.client import ENCODINGS, FLOAT32, chunk_request, session_metadata, to_array, to_tensor
+from lstm_client.client import (
+    ENCODINGS,
+    FLOAT32,
+    LstmClient,
+    StatusError,
+    chunk_request,
+    session_metadata,
+    to_array,
+    to_tensor,
+)
 from lstm_client.wav import read_wav
 from lstmserve.v1 import inference_pb2 as pb
 from lstmserve.v1 import inference_pb2_grpc as pb_grpc
@@ -309,6 +321,31 @@ class StreamLoad:
         self.start, self.stop_at, self.seed, self.retry_for_s = start, stop_at, seed, retry_for_s
         self.pace = CHUNK_MS / 1000
         self.stream_deadline = stop_at + 120.0
+
+    def library_slot(self, index: int, target: str, first_due: float) -> Counter[str]:
+        """One ``har`` stream through the client library's own auto-resume
+        (``LstmClient.stream(auto_resume=True)``, blocking: run it in a thread), sessions of
+        10 s back to back until ``stop_at``, against ``target`` naming both replicas as
+        they were at the start. Returns its counts (the caller merges them)."""
+        counts: Counter[str] = Counter()
+        rng = np.random.default_rng([self.seed, 20_000 + index])
+        time.sleep(max(0.0, first_due - time.monotonic()))
+        with LstmClient(target, timeout=30.0) as client:
+            for _ in range(int(self.stop_at - self.start) + 1):
+                n = min(100, int((self.stop_at - time.monotonic()) / self.pace))
+                if n < 10:
+                    break
+                try:
+                    result = client.stream("har", self.inputs.feature_chunks(rng, n), auto_resume=True,
+                                           pace_s=self.pace, retry_for_s=self.retry_for_s)
+                except StatusError as exc:
+                    counts[f"error:library_stream:{exc.code.name}"] += 1
+                    continue
+                counts["library_sessions"] += 1
+                counts["library_resumes"] += result.resumes
+                if result.outputs.shape[0] != n * CHUNK_FRAMES:
+                    counts["error:library_stream:ROWS_MISSING"] += 1
+        return counts
 
     async def stream_slot(self, index: int, kind: str, first_due: float) -> None:
         """Sessions back to back until ``stop_at`` (at most one per second of the run)."""

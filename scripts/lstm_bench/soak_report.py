@@ -96,7 +96,8 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         )
         out += ["", f"Capacity: **{cap['streams_held']} streams**; the soak runs {r['load_fraction']:.0%} of it.", ""]
     out += [
-        f"The soak: **{mix['streams']} streams** ({mix['har_streams']} `har`, {mix['kws_streams']} `kws`), "
+        f"The soak: **{mix['streams']} streams** ({mix['har_streams']} `har`, {mix['kws_streams']} `kws`, and "
+        f"{mix['library_streams']} more `har` streams through `LstmClient.stream(auto_resume=True)`), "
         f"{mix['chunk_ms']:g} ms chunks ({mix['har_chunk_frames']} feature frames, or {mix['kws_chunk_bytes']} bytes "
         f"of 16 kHz PCM16), sessions of {mix['session_s'][0]:g} to {mix['session_s'][1]:g} s each, a token every "
         f"{mix['token_every']} chunks; {mix['predict_per_s']:g} Predict calls per second; "
@@ -122,6 +123,9 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         *_counts(r["drain"], "nothing."),
         "",
         *_server_errors(r),
+        f"Streams through the client library: {r['counts'].get('library_sessions', 0)} sessions completed, every row "
+        f"once, after {r['counts'].get('library_resumes', 0)} resumes.",
+        "",
         f"Resent chunks (after a resume) answered: {r['counts'].get('chunks_resent_answered', 0)}; largest difference "
         f"from the first answer of the same chunk: {r['resent_max_abs_diff']:.2g}.",
         "",

@@ -59,6 +59,9 @@ def test_soak_smoke_60s_32_streams() -> None:
     assert {"sigterm_s", "exited_s", "restarted_s"} <= set(timeline), timeline
     assert report["drain"].get("draining_messages", 0) > 0, summary
     assert report["resume_gap_ms"]["draining"]["n"] > 0
+    # the client library's own auto-resume streams (they start on A, the target's first address) moved too
+    assert report["counts"].get("library_sessions", 0) > 0, report["counts"]
+    assert report["counts"].get("library_resumes", 0) >= 1, report["counts"]
     lives = {s["replica"]: s for s in report["servers"]}
     assert set(lives) == {"A", "B", "A#2"}
     assert lives["A"]["exit_code"] == 0
