@@ -1,11 +1,11 @@
-"""``make soak``: hours of traffic in minutes, on two replicas, with faults mixed in.
+"""``make soak``: minutes of mixed traffic on two replicas, with faults mixed in.
 
 1. **Capacity, in the same run.** One replica, the soak's own mix without faults, paced
-   streams swept 16, 32, 64, ... (at most ``--max-streams``, six points of
-   ``--sweep-seconds`` each, then one bisection step): a point holds when every chunk
-   due in its window was answered, p99 chunk latency is at most 100 ms and nothing
-   failed. Capacity is the largest point held; the soak runs ``--load-fraction`` (60 %)
-   of it. ``--streams N`` skips the sweep.
+   streams at 16, 32, 64, ... then bisecting (at most six stream counts, at most
+   ``--max-streams``, ``--sweep-seconds`` each): a count holds when at least 99 % of the
+   chunks due in its window were answered, p99 chunk latency is at most 100 ms and
+   nothing failed; one that does not is tried once more. Capacity is the largest count
+   held; the soak runs ``--load-fraction`` (60 %) of it. ``--streams N`` skips the sweep.
 2. **The soak**, ``--duration`` seconds (600) on two replicas (A, B) with resume-token
    keys and a short session TTL: 3/4 ``har`` feature streams and 1/4 ``kws`` audio
    streams (100 ms chunks), 2 Predict calls per second, random client disconnects and
@@ -247,7 +247,10 @@ def sweep_point(stats: Stats, streams: int) -> dict[str, Any]:
 
 async def capacity(router: Router, base: Mix, inputs: Inputs, seconds: float, max_streams: int,
                    seed: int) -> dict[str, Any]:
-    """The bounded sweep (one replica, the mix without faults)."""
+    """The bounded sweep (one replica, the mix without faults): doubling from
+    ``SWEEP_START``, then bisecting, at most ``SWEEP_POINTS`` stream counts. A count that
+    does not hold is tried once more (the machine is shared: one stall of another job
+    should not halve the soak); it holds if either try does."""
     points: list[dict[str, Any]] = []
     tried: set[int] = set()
     low, high = 0, 0
@@ -257,11 +260,15 @@ async def capacity(router: Router, base: Mix, inputs: Inputs, seconds: float, ma
             break
         tried.add(n)
         mix = Mix(n, base.kws_fraction, base.predict_per_s, faults=False, session_s=(seconds + 30, seconds + 30))
-        stats, cpu = await run_load(router, mix, inputs, seconds, SWEEP_WARMUP_S, seconds, seed)
-        point = sweep_point(stats, n) | {"client_cpu_cores": round(cpu / (seconds + SWEEP_WARMUP_S), 2)}
-        points.append(point)
-        log(f"capacity: {n} streams -> answered {point['answered_fraction']:.3f}, "
-            f"p99 {point['latency_ms']['p99']} ms, errors {point['errors']}: {'held' if point['held'] else 'not held'}")
+        for attempt in (1, 2):
+            stats, cpu = await run_load(router, mix, inputs, seconds, SWEEP_WARMUP_S, seconds, seed)
+            point = sweep_point(stats, n) | {"try": attempt,
+                                             "client_cpu_cores": round(cpu / (seconds + SWEEP_WARMUP_S), 2)}
+            points.append(point)
+            log(f"capacity: {n} streams (try {attempt}) -> answered {point['answered_fraction']:.3f}, p99 "
+                f"{point['latency_ms']['p99']} ms, errors {point['errors']}: {'held' if point['held'] else 'not held'}")
+            if point["held"]:
+                break
         if point["held"]:
             low = n
             n = n * 2 if not high else (low + high) // 2
@@ -274,7 +281,8 @@ async def capacity(router: Router, base: Mix, inputs: Inputs, seconds: float, ma
             break
     return {"points": points, "streams_held": low, "criterion": (
         f">= {HELD_FRACTION:.0%} of due chunks answered, p99 <= {LATENCY_TARGET_MS:g} ms, no errors; "
-        f"{seconds:g} s per point after {SWEEP_WARMUP_S:g} s warm-up")}
+        f"{seconds:g} s per point after {SWEEP_WARMUP_S:g} s warm-up; a count that does not hold is tried "
+        "once more")}
 
 
 async def drain_one(fleet: Fleet, router: Router, at: float, restart: bool, timeline: dict[str, Any]) -> None:

@@ -90,9 +90,10 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
     else:
         out += [f"One replica, the mix below without faults ({cap['criterion']}):", ""]
         out += _table(
-            ["streams", "answered", "p50 ms", "p99 ms", "errors", "client CPU cores", "held"],
-            [[p["streams"], f"{p['answered_fraction']:.3f}", _ms(p["latency_ms"]["p50"]), _ms(p["latency_ms"]["p99"]),
-              p["errors"], p["client_cpu_cores"], "yes" if p["held"] else "no"] for p in cap["points"]],
+            ["streams", "try", "answered", "p50 ms", "p99 ms", "errors", "client CPU cores", "held"],
+            [[p["streams"], p.get("try", 1), f"{p['answered_fraction']:.3f}", _ms(p["latency_ms"]["p50"]),
+              _ms(p["latency_ms"]["p99"]), p["errors"], p["client_cpu_cores"], "yes" if p["held"] else "no"]
+             for p in cap["points"]],
         )
         out += ["", f"Capacity: **{cap['streams_held']} streams**; the soak runs {r['load_fraction']:.0%} of it.", ""]
     out += [
