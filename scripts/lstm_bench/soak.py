@@ -347,6 +347,15 @@ def rss_growth(life: Life, load_start_s: float, load_end_s: float, warmup_s: flo
                   "window_s": [round(begin, 1), round(end, 1)]}
 
 
+def chunk_accounting(counts: dict[str, int]) -> dict[str, int]:
+    """Chunks first sent, answered (a first result), resent after a resume, and first
+    sent but never answered (expected 0: a resume resends whatever the token does not cover)."""
+    first = counts.get("chunks_sent", 0) - counts.get("chunks_resent", 0)
+    answered = counts.get("har_chunks_answered", 0) + counts.get("kws_chunks_answered", 0)
+    return {"first_sent": first, "answered": answered, "resent": counts.get("chunks_resent", 0),
+            "unanswered": first - answered}
+
+
 def cpu_cores(life: Life) -> float | None:
     """The process's mean CPU use over its samples, in cores."""
     if len(life.samples) < 2:
@@ -388,16 +397,19 @@ def build_report(args: argparse.Namespace, *, fleet: Fleet, stats: Stats, mix: M
     rss_ok = bool(judged) and all(s["rss"]["growth_pct"] < args.rss_target_pct for s in judged)
     every = [x for kinds in stats.latencies.values() for samples in kinds.values() for x in samples]
     unexpected = sum(stats.errors.values())
+    chunks = chunk_accounting(stats.counts)
     verdict = {
         "unexpected_errors": unexpected, "leaked_sessions": sessions["leaked"],
+        "chunks_unanswered": chunks["unanswered"],
         "rss_growth_pct": {s["replica"]: s["rss"]["growth_pct"] for s in servers},
         "rss_target_pct": args.rss_target_pct, "rss_ok": rss_ok,
-        "passed": unexpected == 0 and sessions["leaked"] == 0 and rss_ok and "restart_error" not in timeline,
+        "passed": (unexpected == 0 and sessions["leaked"] == 0 and chunks["unanswered"] == 0 and rss_ok
+                   and "restart_error" not in timeline),
     }
     return {
         "started_utc": started_utc, "machine": machine_info,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "command": "python scripts/lstm_bench/soak.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python scripts/lstm_bench/soak.py", *sys.argv[1:]]),
         "duration_s": args.duration, "window_s": args.window, "session_ttl_s": args.session_ttl,
         "grace_s": args.grace, "restart": not args.no_restart, "capacity": cap,
         "load_fraction": args.load_fraction, "mix": mix.describe() | {"library_streams": args.library_streams},
@@ -406,7 +418,7 @@ def build_report(args: argparse.Namespace, *, fleet: Fleet, stats: Stats, mix: M
         "errors_by_code": by_code(stats),
         "errors": dict(sorted(stats.errors.items())), "injected": dict(sorted(stats.injected.items())),
         "drain": dict(sorted(stats.drain.items())), "counts": dict(sorted(stats.counts.items())),
-        "resent_max_abs_diff": stats.mismatch_max,
+        "chunks": chunks, "resent_max_abs_diff": stats.mismatch_max,
         "latency_ms": {"overall": percentiles(every), "recovery": percentiles(stats.recovery),
                        "windows": latency_windows(stats, fleet.clock0)},
         "resume_gap_ms": {cause: percentiles(v) for cause, v in sorted(stats.resume_gaps.items())},

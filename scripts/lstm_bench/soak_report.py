@@ -50,6 +50,14 @@ def _by_code(parts: dict[str, dict[str, int]]) -> list[str]:
             *_table(["status", "unexpected", "injected", "caused by the SIGTERM"], rows)]
 
 
+def _chunks(r: dict[str, Any]) -> list[str]:
+    c = r.get("chunks")
+    if not c:
+        return []
+    return [f"Stream chunks: {c['first_sent']} sent, {c['answered']} answered, {c['unanswered']} never answered; "
+            f"{c['resent']} sent again after a resume (the ones the newest token did not cover).", ""]
+
+
 def _server_errors(r: dict[str, Any]) -> list[str]:
     final = r["sessions"]["final"]
     codes = sorted({k for m in final.values() for k in m.get("errors_total", {})})
@@ -78,8 +86,8 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
     growth = ", ".join(f"{k} {'-' if g is None else f'{g:+.2f} %'}" for k, g in v["rss_growth_pct"].items())
     out += [
         f"**Verdict: {passed}.** {v['unexpected_errors']} unexpected errors, {v['leaked_sessions']} leaked "
-        f"sessions, RSS growth after warm-up {growth} (target < {v['rss_target_pct']:g} %; `-`: the process "
-        "lived too short a time past its warm-up to tell).",
+        f"sessions, {v.get('chunks_unanswered', '-')} chunks unanswered, RSS growth after warm-up {growth} "
+        f"(target < {v['rss_target_pct']:g} %; `-`: the process lived too short a time past its warm-up to tell).",
         "",
         "### Capacity and the mix",
         "",
@@ -127,6 +135,7 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         f"Streams through the client library: {r['counts'].get('library_sessions', 0)} sessions completed, every row "
         f"once, after {r['counts'].get('library_resumes', 0)} resumes.",
         "",
+        *_chunks(r),
         f"Resent chunks (after a resume) answered: {r['counts'].get('chunks_resent_answered', 0)}; largest difference "
         f"from the first answer of the same chunk: {r['resent_max_abs_diff']:.2g}.",
         "",

@@ -3,7 +3,7 @@
 disconnects, bad chunks, bad Predict input, the SIGTERM of one replica halfway and its
 restart), and the report's accounting checked.
 
-Asserted: no unexpected error, every injected fault got its status, streams moved off
+Asserted: no unexpected error, every chunk answered, every injected fault got its status, streams moved off
 the SIGTERMed replica, no leaked session, no leaked file descriptor, bounded RSS
 growth. Latency is reported, never asserted: the machine is small and shared.
 """
@@ -38,6 +38,8 @@ def test_soak_smoke_60s_32_streams() -> None:
     assert report["errors"] == {}, summary
     assert report["verdict"]["unexpected_errors"] == 0
     assert report["errors_by_code"]["unexpected"] == {}
+    # every chunk sent got its result (a resume resends whatever the newest token did not cover)
+    assert report["chunks"]["unanswered"] == 0 and report["chunks"]["answered"] > 0, report["chunks"]
     # the surviving servers' own error counters hold only what the clients injected
     server_codes = {key.rsplit(":", 1)[1] for m in report["sessions"]["final"].values() for key in m["errors_total"]}
     assert server_codes <= {"CANCELLED", "INVALID_ARGUMENT"}, report["sessions"]["final"]
