@@ -18,7 +18,7 @@ SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
 FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip bench-sessions deploy-tools client-venvs deploy-check clean
+.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip bench-sessions soak deploy-tools client-venvs deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ bench-sessions: $(FULL_STAMP) ## benchmark: resume-token seal/open and CPU per c
 
 bench-oip: $(FULL_STAMP) client-venvs ## benchmark: Open Inference Protocol (v2) vs native CPU per chunk, and perf_analyzer; writes docs/benchmarks.md (~2 min)
 	$(BIN)/python scripts/lstm_bench/oip.py
+
+soak: $(FULL_STAMP) ## soak: capacity sweep, then 60 % of it on two replicas for 10 min (faults, a SIGTERM); writes docs/soak.md (~13 min)
+	$(BIN)/python scripts/lstm_bench/soak.py $(SOAK_ARGS)
 
 deploy-check: $(FULL_STAMP) deploy-tools ## validate deploy/ (kustomize, schemas, checkov, semantics)
 	$(BIN)/pytest tests/deploy

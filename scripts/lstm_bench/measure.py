@@ -46,6 +46,19 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS in /proc/PID/status), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no VmRSS for process {pid}")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process holds open (entries of /proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds of each live thread of ``pid`` with its OS name (comm), by thread id."""
     out: dict[int, tuple[str, float]] = {}
