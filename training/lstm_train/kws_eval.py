@@ -85,7 +85,7 @@ class EvalScale:
 
 FULL = EvalScale(free_streams=26, free_seconds=240.0, keyword_streams=20, keyword_seconds=150.0,
                  variants=None)
-VAL = EvalScale(free_streams=8, free_seconds=240.0, keyword_streams=8, keyword_seconds=150.0,
+VAL = EvalScale(free_streams=16, free_seconds=240.0, keyword_streams=12, keyword_seconds=150.0,
                 variants=None)
 QUICK = EvalScale(free_streams=2, free_seconds=90.0, keyword_streams=1, keyword_seconds=90.0,
                   variants=4, keyword_renditions=1)
@@ -199,7 +199,7 @@ def posteriors(runtime: ModelRuntime, streams: Sequence[Stream]) -> list[np.ndar
     return [stream(runtime, s.audio).posteriors for s in streams]
 
 
-def _hits(events: Sequence[Event], refs: Sequence[kd.KeywordTiming]
+def hits(events: Sequence[Event], refs: Sequence[kd.KeywordTiming]
           ) -> tuple[list[float], int, int]:
     """Latencies of hit keywords, the number of misses and of unmatched events."""
     used = [False] * len(events)
@@ -239,7 +239,7 @@ def score(
     misses = extra = 0
     for s, p in zip(streams.keyword, post_kw, strict=True):
         events = detect_events(p, postprocess, labels, frame_rate_hz)
-        lat, m, x = _hits(events, s.keywords)
+        lat, m, x = hits(events, s.keywords)
         latencies += lat
         misses += m
         extra += x
