@@ -17,7 +17,7 @@ composes the same kind of stream from the **training** voice variants only:
 - **room reverberation** on a share of the streams: convolution (scipy) with a
   synthetic impulse response (:func:`room_impulse`);
 - **noise** of several kinds (white, pink, brown, babble of other words, mains hum)
-  at an SNR of -3 to 35 dB relative to the speech, and an overall **gain** of 0.1-3
+  at an SNR of 0 to 35 dB relative to the speech, and an overall **gain** of 0.1-3
   (clipped to [-1, 1], as a loud microphone clips).
 
 Labels (:func:`end_aligned_labels`): a keyword's class is the target only on the frames
@@ -73,11 +73,12 @@ NEGATIVES: tuple[str, ...] = tuple(
 )
 
 IGNORE = -100
-KEYWORD_BEFORE_END_S = 0.05
+KEYWORD_BEFORE_END_S = 0.15
 KEYWORD_AFTER_END_S = 0.12
-SNR_DB = (-3.0, 35.0)
+SNR_DB = (0.0, 35.0)
 GAIN = (0.1, 3.0)
-P_REVERB = 0.5
+P_REVERB = 0.4
+DRR_DB = (0.0, 15.0)
 
 
 def build_phrases(variants: Sequence[str], seed: int, per_variant: int,
@@ -96,12 +97,13 @@ def build_phrases(variants: Sequence[str], seed: int, per_variant: int,
 
 def room_impulse(rng: np.random.Generator, sr: int = kd.SAMPLE_RATE) -> np.ndarray:
     """A synthetic room impulse response: the direct path, a few early reflections and
-    an exponentially decaying noise tail (RT60 0.15-0.9 s), unit peak."""
+    an exponentially decaying noise tail (RT60 0.15-0.9 s, direct-to-reverberant ratio
+    0-15 dB), unit peak."""
     rt60 = rng.uniform(0.15, 0.9)
     n = int(rt60 * sr)
     t = np.arange(n) / sr
     tail = rng.standard_normal(n) * np.exp(-6.91 * t / rt60)
-    tail *= 10 ** rng.uniform(-1.6, -0.6)  # direct-to-reverberant ratio
+    tail *= 10 ** (-rng.uniform(*DRR_DB) / 20) / max(float(np.sqrt(np.sum(tail**2))), 1e-9)
     h = np.zeros(n)
     h[0] = 1.0
     for _ in range(int(rng.integers(2, 6))):

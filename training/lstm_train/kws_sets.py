@@ -49,7 +49,7 @@ class Scale:
 FULL = Scale(
     keyword_renditions=10, filler_renditions=4, train_streams=6000, val_streams=150,
     stream_seconds=8.0, val_clips_per_class=30, val_sentences=30, test_clips_per_class=100,
-    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=14, batch=48,
+    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=12, batch=32,
     variants=None,
 )
 QUICK = Scale(
