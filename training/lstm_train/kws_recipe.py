@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,40 @@ from lstm_train.train import (
 )
 
 NAME = "kws"
+#: the previous bundled kws v1 (commit f5b04de; trained on the same training voice
+#: variants, isolated words, labels from the onset): the full recipe starts from it
+INIT_WEIGHTS = Path(__file__).parent / "weights" / "kws_v1_init.onnx"
+
+
+def init_from_onnx(net: RecurrentNet, path: Path) -> None:
+    """Load the weights of an exported :class:`RecurrentNet` graph (its LSTM ops in layer
+    order, the projection and the normalization) into ``net``; ONNX's gate order
+    ``i, o, f, c`` becomes torch's ``i, f, g, o``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    lstms = [n for n in model.graph.node if n.op_type == "LSTM"]
+    if len(lstms) != net.config.layers:
+        raise ValueError(f"{path} has {len(lstms)} LSTM layers, the net {net.config.layers}")
+    order = [0, 2, 3, 1]
+
+    def gates(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([np.split(a, 4)[i] for i in order]).copy())
+
+    with torch.no_grad():
+        for k, node in enumerate(lstms):
+            w, r, b = (weights[name][0] for name in node.input[1:4])
+            getattr(net.rnn, f"weight_ih_l{k}").copy_(gates(w))
+            getattr(net.rnn, f"weight_hh_l{k}").copy_(gates(r))
+            getattr(net.rnn, f"bias_ih_l{k}").copy_(gates(b[: b.size // 2]))
+            getattr(net.rnn, f"bias_hh_l{k}").copy_(gates(b[b.size // 2 :]))
+        matmul = next(n for n in model.graph.node if n.op_type == "MatMul")
+        net.proj.weight.copy_(torch.from_numpy(weights[matmul.input[1]].T.copy()))
+        net.proj.bias.copy_(torch.from_numpy(weights["proj.bias"].copy()))
+        net.mean.copy_(torch.from_numpy(weights["mean"].copy()))
+        net.inv_std.copy_(torch.from_numpy(weights["inv_std"].copy()))
 
 
 def _streams(
@@ -171,12 +206,22 @@ def run(opts: RunOptions) -> dict[str, Any]:
     data_seconds = time.perf_counter() - t0
 
     flat = x.reshape(-1, x.shape[-1])
+    mean, std = flat.mean(0), flat.std(0)
+    init = INIT_WEIGHTS if scale.init_from_previous else None
+    if init is not None:  # keep the normalization the initial weights were trained with
+        import onnx
+        from onnx import numpy_helper
+
+        consts = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(init)).graph.initializer}
+        mean, std = consts["mean"], 1.0 / consts["inv_std"]
     cfg = NetConfig(
         input_dim=kd.FRONTEND.n_mels, output_dim=len(kd.LABELS), hidden=scale.hidden,
         layers=scale.layers, cell="lstm", head="per_frame", dropout=0.1,
-        mean=flat.mean(0).tolist(), std=flat.std(0).tolist(),
+        mean=[float(v) for v in mean], std=[float(v) for v in std],
     )
     net = RecurrentNet(cfg)
+    if init is not None:
+        init_from_onnx(net, init)
 
     def evaluate(model: RecurrentNet) -> tuple[float, float]:
         logits = torch.cat([model.logits(torch.from_numpy(vx[i : i + 64]),
@@ -190,7 +235,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
     history = fit(
         net, batches=_batches(x, y, scale.batch, opts.seed, flat.mean(0)),
         loss_fn=_loss_fn(scale.state_carry, opts.seed), evaluate=evaluate,
-        epochs=opts.epochs or scale.epochs, lr=3e-3, weight_decay=1e-4, desc="kws",
+        epochs=opts.epochs or scale.epochs, lr=scale.lr, weight_decay=1e-4, desc="kws",
         quiet=opts.quiet,
     )
     train_seconds = history.train_seconds
@@ -223,6 +268,8 @@ def run(opts: RunOptions) -> dict[str, Any]:
             "data_seconds": round(data_seconds, 1),
             "epochs": len(history.epochs),
             "best_epoch": history.best_epoch,
+            "initialized_from": "previous kws v1 (lstm_train/weights/kws_v1_init.onnx, same "
+            "training voices)" if init is not None else "random",
         },
     )
     package = export_package(net, manifest, opts.out)

@@ -20,12 +20,12 @@ composes the same kind of stream from the **training** voice variants only:
   at an SNR of 0 to 35 dB relative to the speech, and an overall **gain** of 0.1-3
   (clipped to [-1, 1], as a loud microphone clips).
 
-Labels (:func:`end_aligned_labels`): a keyword's class is the target only on the frames
-around its **end** (from :data:`KEYWORD_BEFORE_END_S` before to
-:data:`KEYWORD_AFTER_END_S` after), so a causal detector learns to fire once the word
-is complete, not on a prefix ("stop" in "stopper", "yes" in "yesterday"). The
-keyword's earlier frames are ignored by the loss (:data:`IGNORE`), every other word's
-frames are ``_unknown_`` and the rest ``_silence_``.
+Labels (:func:`end_aligned_labels`): a keyword's class is the target only on its second
+half and :data:`KEYWORD_AFTER_END_S` after its end, so a causal detector learns to fire
+once most of the word is heard, while the near-miss words that start like a keyword
+("stop" in "stopper", "yes" in "yesterday") are ``_unknown_`` on every frame. The
+keyword's first half is ignored by the loss (:data:`IGNORE`), every other word's frames
+are ``_unknown_`` and the rest ``_silence_``.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ NEGATIVES: tuple[str, ...] = tuple(
 )
 
 IGNORE = -100
-KEYWORD_BEFORE_END_S = 0.15
-KEYWORD_AFTER_END_S = 0.12
+#: the first half of a keyword is ignored by the loss
+KEYWORD_IGNORED_FRACTION = 0.5
+KEYWORD_AFTER_END_S = 0.1
 SNR_DB = (0.0, 35.0)
 GAIN = (0.1, 3.0)
 P_REVERB = 0.4
@@ -203,19 +204,18 @@ def compose_running(
 
 
 def end_aligned_labels(n_frames: int, segments: Sequence[kd.Segment]) -> np.ndarray:
-    """Per-frame targets: keyword class near each keyword's end, :data:`IGNORE` on its
-    earlier frames, ``_unknown_`` on other words, ``_silence_`` elsewhere."""
+    """Per-frame targets: keyword class on each keyword's second half and just after,
+    :data:`IGNORE` on its first half, ``_unknown_`` on other words, ``_silence_`` elsewhere."""
     labels = np.zeros(n_frames, np.int64)
     centres = np.arange(n_frames) * kd.HOP + kd.WIN // 2
     unknown = kd.LABELS.index(kd.UNKNOWN)
     for seg in segments:
         if not seg.is_keyword:
             labels[(centres >= seg.start) & (centres < seg.stop)] = unknown
-    before = int(KEYWORD_BEFORE_END_S * kd.SAMPLE_RATE)
     after = int(KEYWORD_AFTER_END_S * kd.SAMPLE_RATE)
     for seg in segments:
         if seg.is_keyword:
-            cut = seg.stop - before
+            cut = seg.start + int((seg.stop - seg.start) * KEYWORD_IGNORED_FRACTION)
             labels[(centres >= seg.start) & (centres < cut)] = IGNORE
             labels[(centres >= cut) & (centres < seg.stop + after)] = kd.LABELS.index(seg.word)
     return labels

@@ -44,13 +44,16 @@ class Scale:
     phrases_per_variant: int = 4
     #: initial states taken from the previous batch's final states with this probability
     state_carry: float = 0.7
+    #: start from the previous bundled model's weights (``kws_recipe.INIT_WEIGHTS``)
+    init_from_previous: bool = False
+    lr: float = 3e-3
 
 
 FULL = Scale(
-    keyword_renditions=10, filler_renditions=4, train_streams=6000, val_streams=150,
+    keyword_renditions=10, filler_renditions=4, train_streams=5000, val_streams=150,
     stream_seconds=8.0, val_clips_per_class=30, val_sentences=30, test_clips_per_class=100,
-    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=12, batch=32,
-    variants=None,
+    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=8, batch=32,
+    variants=None, init_from_previous=True, lr=1e-3,
 )
 QUICK = Scale(
     keyword_renditions=1, filler_renditions=1, train_streams=64, val_streams=12,
