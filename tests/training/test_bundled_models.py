@@ -16,7 +16,9 @@ from lstm_serve.manifest import load_manifest
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TOLERANCE = 0.005
-KWS_CLIP_FLOOR = 0.93
+#: a guard against regressions at the bundled figure (0.690); the earlier isolated-word
+#: model had 0.939 on these clips at 776 false alarms per hour of running speech
+KWS_CLIP_FLOOR = 0.68
 
 
 @pytest.mark.parametrize(
@@ -72,6 +74,10 @@ def test_bundled_packages_have_reports() -> None:
         for report in ("model.onnx", "manifest.json", "report.json", "report.md", "curves.png",
                        "confusion.png"):
             assert (package / report).is_file(), f"{package}/{report}"
+    kws = MODELS / "kws" / "1"
+    for report in ("kws_eval.json", "kws_eval_quick.json", "kws_det.png", "tuning.json"):
+        assert (kws / report).is_file(), report
+    assert "![kws DET curve](kws_det.png)" in (kws / "report.md").read_text()
 
 
 def test_forecast_model_beats_baselines_and_streams() -> None:
@@ -145,9 +151,9 @@ def test_kws_false_alarms_per_hour_on_quick_subset() -> None:
         figures["keyword_free_hours"])
     for row_got, row_want in zip(figures["det"], recorded["det"], strict=True):
         assert row_got["threshold"] == row_want["threshold"]
-        assert abs(row_got["false_alarms_per_hour"] - row_want["false_alarms_per_hour"]) <= slack / (
-            figures["keyword_free_hours"]
-        )
+        # low thresholds fire on many borderline frames: 5 % of the events there
+        allowed = max(slack / figures["keyword_free_hours"], 0.05 * row_want["false_alarms_per_hour"])
+        assert abs(row_got["false_alarms_per_hour"] - row_want["false_alarms_per_hour"]) <= allowed
     assert figures["real_time_factor"] < 0.05  # one core, front-end and model
     assert figures["model_bytes"] < 2_000_000
     full = json.loads((package / "kws_eval.json").read_text())
