@@ -1,11 +1,15 @@
 """The ``kws`` recipe (``lstm-train kws``): streaming keyword spotting from raw audio.
 
-Pipeline: synthesize words with espeak-ng (:mod:`lstm_train.kws_data`), compose noisy
-streams with per-frame labels, compute features with :mod:`lstm_serve.features` (the
-server's own module), train a unidirectional LSTM with per-frame posteriors over
-``_silence_``, ``_unknown_`` and the 10 keywords, tune the event post-processing on
-validation voices, export, and evaluate the exported graph on unseen voices
-(:mod:`lstm_train.kws_score`, streaming through :mod:`lstm_train.kws_stream`).
+Pipeline: synthesize words and phrases with espeak-ng (:mod:`lstm_train.kws_data`),
+compose running-speech streams with hard negatives and augmentation and end-aligned
+per-frame targets (:mod:`lstm_train.kws_running`), compute features with
+:mod:`lstm_serve.features` (the server's own module), fine-tune a unidirectional LSTM
+(from the previous model's weights, :data:`INIT_WEIGHTS`) with per-frame posteriors
+over ``_silence_``, ``_unknown_`` and the 10 keywords, choose the event
+post-processing on the validation stream set (:mod:`lstm_train.kws_tune`), export, and
+evaluate the exported graph on unseen voices (:mod:`lstm_train.kws_score`, streaming
+through :mod:`lstm_train.kws_stream`). The spotter figures on the test streams come from
+``python -m lstm_train.kws_eval`` (:mod:`lstm_train.kws_eval`).
 """
 
 from __future__ import annotations
