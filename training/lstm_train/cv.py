@@ -34,12 +34,13 @@ from lstm_train.recipes import (
 from lstm_train.train import fit, seed_everything, set_threads
 
 #: candidate settings tried for ``vowels`` (changes to its recipe)
+#: (measured with the earlier recipe, 80 epochs at lr 5e-3, as the base)
 VOWELS_CANDIDATES: dict[str, dict[str, Any]] = {
-    "bundled": {},
-    "crop 0.2": {"crop": 0.2},
-    "2 layers, dropout 0.2": {"layers": 2, "dropout": 0.2},
-    "120 epochs, lr 3e-3": {"epochs": 120, "lr": 3e-3},
-    "noise 0.3, crop 0.2": {"noise": 0.3, "crop": 0.2},
+    "80 epochs, lr 5e-3 (earlier bundled)": {"epochs": 80, "lr": 5e-3},
+    "crop 0.2": {"epochs": 80, "lr": 5e-3, "crop": 0.2},
+    "2 layers, dropout 0.2": {"epochs": 80, "lr": 5e-3, "layers": 2, "dropout": 0.2},
+    "120 epochs, lr 3e-3 (bundled)": {"epochs": 120, "lr": 3e-3},
+    "noise 0.3, crop 0.2": {"epochs": 80, "lr": 5e-3, "noise": 0.3, "crop": 0.2},
 }
 
 
