@@ -63,7 +63,10 @@ def test_kws_model_clip_accuracy_and_event_f1() -> None:
     figures = evaluate_package(package, data)
     assert manifest.provenance.test_accuracy is not None
     assert abs(figures["clip_accuracy"] - manifest.provenance.test_accuracy) <= TOLERANCE
-    assert abs(figures["events"]["f1"] - extra["test_event_f1"]) <= TOLERANCE
+    # one event more or less moves the F1 of 167 keywords by about 0.007, and the
+    # synthesized sentences are not bit-identical between processes (seen: 0.5522 and
+    # 0.5576 for the same package): two events of slack
+    assert abs(figures["events"]["f1"] - extra["test_event_f1"]) <= 0.015
     assert figures["clip_accuracy"] >= KWS_CLIP_FLOOR
     assert (package / "model.onnx").stat().st_size < 2_000_000
 
