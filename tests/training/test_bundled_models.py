@@ -16,6 +16,9 @@ from lstm_serve.manifest import load_manifest
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 TOLERANCE = 0.005
+#: a guard against regressions at the bundled figure (0.690); the earlier isolated-word
+#: model had 0.939 on these clips at 776 false alarms per hour of running speech
+KWS_CLIP_FLOOR = 0.68
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,10 @@ def test_sensor_model_accuracy(name: str, dataset: str, floor: float, states: in
 
 @pytest.mark.slow
 def test_kws_model_clip_accuracy_and_event_f1() -> None:
+    """The clip accuracy and the sentence event F1 of the package, re-measured. The F1's
+    match needs the event's start within 0.3 s of the keyword's start, which an
+    end-aligned spotter (it fires as the word ends) often misses on long keywords: it is
+    re-measured, not held to a floor; the spotter figures are the other test's."""
     from lstm_train.kws_score import evaluate_package
     from lstm_train.kws_sets import test_set
 
@@ -56,10 +63,12 @@ def test_kws_model_clip_accuracy_and_event_f1() -> None:
     figures = evaluate_package(package, data)
     assert manifest.provenance.test_accuracy is not None
     assert abs(figures["clip_accuracy"] - manifest.provenance.test_accuracy) <= TOLERANCE
-    assert abs(figures["events"]["f1"] - extra["test_event_f1"]) <= TOLERANCE
-    assert figures["clip_accuracy"] >= 0.93
-    assert figures["events"]["f1"] >= 0.85
-    assert (package / "model.onnx").stat().st_size < 5_000_000
+    # one event more or less moves the F1 of 167 keywords by about 0.007, and the
+    # synthesized sentences are not bit-identical between processes (seen: 0.5522 and
+    # 0.5576 for the same package): two events of slack
+    assert abs(figures["events"]["f1"] - extra["test_event_f1"]) <= 0.015
+    assert figures["clip_accuracy"] >= KWS_CLIP_FLOOR
+    assert (package / "model.onnx").stat().st_size < 2_000_000
 
 
 def test_bundled_packages_have_reports() -> None:
@@ -68,6 +77,10 @@ def test_bundled_packages_have_reports() -> None:
         for report in ("model.onnx", "manifest.json", "report.json", "report.md", "curves.png",
                        "confusion.png"):
             assert (package / report).is_file(), f"{package}/{report}"
+    kws = MODELS / "kws" / "1"
+    for report in ("kws_eval.json", "kws_eval_quick.json", "kws_det.png", "tuning.json"):
+        assert (kws / report).is_file(), report
+    assert "![kws DET curve](kws_det.png)" in (kws / "report.md").read_text()
 
 
 def test_forecast_model_beats_baselines_and_streams() -> None:
@@ -120,27 +133,40 @@ def test_forecast_model_beats_baselines_and_streams() -> None:
 def test_kws_false_alarms_per_hour_on_quick_subset() -> None:
     """The spotter figures of ``models/kws/1/kws_eval_quick.json`` (written by
     ``python -m lstm_train.kws_eval --quick``) re-measured on the same fixed subset of
-    held-out voices; the full-scale figures are in ``kws_eval.json``."""
+    held-out voices, with the real-time factor and the size; the full-scale figures are
+    in ``kws_eval.json``."""
     from lstm_train import kws_eval
 
     package = MODELS / "kws" / "1"
+    manifest = load_manifest(package)
     recorded = json.loads((package / "kws_eval_quick.json").read_text())
     streams = kws_eval.build("test", kws_eval.QUICK)
     assert streams.variants == recorded["variants"]
     figures = kws_eval.evaluate(package, streams)
     got, want = figures["shipped"], recorded["shipped"]
     assert got["keywords"] == want["keywords"]
-    # borderline detections flip between runs (observed: 44 vs 45 false alarms; the
-    # source of the nondeterminism is not pinned down yet): allow a few events
-    slack = 4
+    # borderline detections may flip between runs (seen with an earlier model: 44 vs 45
+    # false alarms; the source is not pinned down): allow a couple of events
+    slack = 2
     assert abs(got["false_alarms"] - want["false_alarms"]) <= slack, (got, want)
-    assert abs(got["misses"] - want["misses"]) <= 2, (got, want)
+    assert abs(got["misses"] - want["misses"]) <= slack, (got, want)
+    assert abs(got["false_alarms_per_hour"] - want["false_alarms_per_hour"]) <= slack / (
+        figures["keyword_free_hours"])
     for row_got, row_want in zip(figures["det"], recorded["det"], strict=True):
         assert row_got["threshold"] == row_want["threshold"]
-        assert abs(row_got["false_alarms_per_hour"] - row_want["false_alarms_per_hour"]) <= slack / (
-            figures["keyword_free_hours"]
-        )
+        # low thresholds fire on many borderline frames: 5 % of the events there
+        allowed = max(slack / figures["keyword_free_hours"], 0.05 * row_want["false_alarms_per_hour"])
+        assert abs(row_got["false_alarms_per_hour"] - row_want["false_alarms_per_hour"]) <= allowed
+    assert figures["real_time_factor"] < 0.05  # one core, front-end and model
+    assert figures["model_bytes"] < 2_000_000
     full = json.loads((package / "kws_eval.json").read_text())
-    assert full["keyword_free_hours"] >= 1.0
-    for event_label in full["shipped"]["false_alarms_by_label"]:
-        assert event_label not in ("_silence_", "_unknown_")  # only keywords emit events
+    assert full["keyword_free_hours"] >= 1.0 and full["shipped"]["keywords"] >= 500
+    assert manifest.output.postprocess is not None
+    assert full["operating_point"] == manifest.output.postprocess.model_dump()
+    assert recorded["operating_point"] == full["operating_point"]
+    background = set(manifest.output.postprocess.background_labels)
+    assert {"_silence_", "_unknown_"} <= background
+    for event_label in (*full["shipped"]["false_alarms_by_label"],
+                        *got["false_alarms_by_label"]):
+        assert event_label not in background  # only keywords emit events
+    assert full["real_time_factor"] < 0.05

@@ -27,7 +27,7 @@ RECIPES: dict[str, str] = {
     "variable length): bidirectional LSTM, whole-sequence head. Predict only.",
     "kws": "Streaming keyword spotting from 16 kHz audio, corpus synthesized offline with "
     "espeak-ng (unseen voices in test): unidirectional LSTM over log-mel frames, keyword "
-    "events from the manifest's post-processing. About 10-15 min on 2 cores.",
+    "events from the manifest's post-processing. About 25 min on 2 cores.",
     "forecast": "Streaming forecaster with a regression head: the next 5 steps (0.5 s) of "
     "BasicMotions' 6 accelerometer and gyroscope channels (sktime, 10 Hz) at every step; "
     "unidirectional LSTM, residual per-frame head, task regression. Streams.",

@@ -14,8 +14,13 @@ from lstm_train.kws_sets import FULL, TEST_SEED, variants
 from lstm_train.kws_stream import stream_events
 from lstm_train.train import load_runtime
 
+#: a demo event must last this many frames beyond ``min_frames``, so that it is
+#: reported as partial before its final when streamed in chunks of up to 50 ms
+PARTIAL_MARGIN_FRAMES = 6
 
-def write_demo(package_dir: Path, out: Path, count: int = 4) -> list[dict[str, Any]]:
+
+def write_demo(package_dir: Path, out: Path, count: int = 4,
+               max_attempts: int = 400) -> list[dict[str, Any]]:
     """Write demo WAVs (16 kHz PCM16 mono) of held-out voices with their keyword timings.
 
     Sentences are fixed word lists spoken by test-split variants. Each WAV gets a
@@ -40,7 +45,9 @@ def write_demo(package_dir: Path, out: Path, count: int = 4) -> list[dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     index: list[dict[str, Any]] = []
     attempt = 0
-    while len(index) < count and attempt < 40:
+    post = runtime.manifest.output.postprocess
+    min_s = ((post.min_frames if post else 1) + PARTIAL_MARGIN_FRAMES) / 100.0
+    while len(index) < count and attempt < max_attempts:
         script = scripts[len(index) % len(scripts)]
         variant = test_variants[int(rng.integers(len(test_variants)))]
         words = [(w, kd._render(w, variant, rng)) for w in script]
@@ -60,7 +67,7 @@ def write_demo(package_dir: Path, out: Path, count: int = 4) -> list[dict[str, A
         attempt += 1
         events = stream_events(runtime, audio)
         _tp, fp, fn = match_events(events, refs)
-        if fp or fn:
+        if fp or fn or any(e.end_s - e.start_s < min_s - 1e-9 for e in events):
             continue  # a demo must work; selection is documented in docs/training.md
         name = f"demo{len(index) + 1}"
         pcm = (np.clip(audio, -1, 32767 / 32768) * 32768).astype("<i2")

@@ -37,6 +37,7 @@ The validation stream set (:func:`build`, ``split="val"``) is made the same way 
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from lstm_serve.events import Event, detect_events
-from lstm_serve.manifest import KeywordPostprocess
+from lstm_serve.manifest import MODEL_FILE, KeywordPostprocess
 from lstm_serve.runtime import ModelRuntime
 from lstm_train import kws_data as kd
 from lstm_train.kws_stream import stream
@@ -85,10 +86,14 @@ class EvalScale:
 
 FULL = EvalScale(free_streams=26, free_seconds=240.0, keyword_streams=20, keyword_seconds=150.0,
                  variants=None)
-VAL = EvalScale(free_streams=8, free_seconds=240.0, keyword_streams=8, keyword_seconds=150.0,
+VAL = EvalScale(free_streams=16, free_seconds=240.0, keyword_streams=12, keyword_seconds=150.0,
                 variants=None)
-QUICK = EvalScale(free_streams=2, free_seconds=90.0, keyword_streams=1, keyword_seconds=90.0,
+#: the small fixed subset that tests/training re-measures (10 min keyword-free)
+QUICK = EvalScale(free_streams=4, free_seconds=150.0, keyword_streams=1, keyword_seconds=150.0,
                   variants=4, keyword_renditions=1)
+#: what ``lstm-train kws --quick`` tunes on
+TINY = EvalScale(free_streams=1, free_seconds=60.0, keyword_streams=1, keyword_seconds=60.0,
+                 variants=2, keyword_renditions=1)
 
 
 @dataclass
@@ -199,7 +204,7 @@ def posteriors(runtime: ModelRuntime, streams: Sequence[Stream]) -> list[np.ndar
     return [stream(runtime, s.audio).posteriors for s in streams]
 
 
-def _hits(events: Sequence[Event], refs: Sequence[kd.KeywordTiming]
+def hits(events: Sequence[Event], refs: Sequence[kd.KeywordTiming]
           ) -> tuple[list[float], int, int]:
     """Latencies of hit keywords, the number of misses and of unmatched events."""
     used = [False] * len(events)
@@ -239,7 +244,7 @@ def score(
     misses = extra = 0
     for s, p in zip(streams.keyword, post_kw, strict=True):
         events = detect_events(p, postprocess, labels, frame_rate_hz)
-        lat, m, x = _hits(events, s.keywords)
+        lat, m, x = hits(events, s.keywords)
         latencies += lat
         misses += m
         extra += x
@@ -281,7 +286,7 @@ def miss_at_fa(curve: Sequence[dict[str, float]], fa_per_hour: float) -> float |
 
 
 DET_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
-                  0.995, 0.998)
+                  0.995, 0.998, 0.999, 0.9995)
 
 
 def plot_det(curves: dict[str, Sequence[dict[str, float]]], points: dict[str, tuple[float, float]],
@@ -316,13 +321,17 @@ def plot_det(curves: dict[str, Sequence[dict[str, float]]], points: dict[str, tu
 def evaluate(package_dir: Path, streams: StreamSet,
              thresholds: Sequence[float] = DET_THRESHOLDS) -> dict[str, Any]:
     """Every figure of a kws package on ``streams``, at the manifest's operating point
-    and along the DET curve."""
+    and along the DET curve, and the real-time factor: the seconds spent streaming
+    (front-end and model, one onnxruntime thread) per second of audio."""
     runtime = load_runtime(package_dir)
     m = runtime.manifest
     post = m.output.postprocess
     assert post is not None
     labels, rate = m.output.labels, m.input.frame_rate_hz
+    started = time.process_time()
     pf, pk = posteriors(runtime, streams.free), posteriors(runtime, streams.keyword)
+    cpu = time.process_time() - started
+    audio_s = sum(s.seconds for s in (*streams.free, *streams.keyword))
     shipped = score(streams, pf, pk, post, labels, rate)
     curve = det_curve(streams, pf, pk, post, labels, rate, thresholds)
     return {
@@ -333,6 +342,8 @@ def evaluate(package_dir: Path, streams: StreamSet,
         "operating_point": post.model_dump(),
         "shipped": shipped,
         "miss_rate_at_1_fa_per_hour": miss_at_fa(curve, 1.0),
+        "real_time_factor": cpu / audio_s,
+        "model_bytes": (package_dir / MODEL_FILE).stat().st_size,
         "det": curve,
     }
 
@@ -357,30 +368,63 @@ def summary_lines(fig: dict[str, Any]) -> list[str]:
         + (f"**{m1:.3f}**" if m1 is not None else "**not reached** (no threshold on the curve "
            "gets to 1 FA/h)"),
         f"- false alarms by label: {s['false_alarms_by_label']}",
+        f"- real-time factor {fig['real_time_factor']:.4f} (CPU seconds per audio second, "
+        f"front-end and model on one onnxruntime thread); model.onnx {fig['model_bytes']:,} "
+        "bytes",
     ]
 
 
+REPORT_SECTION = "## As a keyword spotter (kws_eval, test voices)"
+
+
+def write_report_section(package_dir: Path, fig: dict[str, Any], png: str) -> None:
+    """Put the headline figures and the DET plot into the package's ``report.md``,
+    replacing an earlier section of this kind."""
+    path = package_dir / "report.md"
+    text = path.read_text() if path.exists() else ""
+    text = text.split("\n" + REPORT_SECTION)[0].rstrip("\n")
+    section = [
+        "", REPORT_SECTION, "",
+        "Measured with `python -m lstm_train.kws_eval` on long streams of running speech "
+        "from the held-out test voices (see docs/training.md):", "",
+        *summary_lines(fig), "", f"![kws DET curve]({png})", "",
+    ]
+    path.write_text(text + "\n" + "\n".join(section))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lstm_train.kws_eval --model models/kws/1 --png docs/img/kws_det.png``"""
+    """``python -m lstm_train.kws_eval --model models/kws/1 --png docs/img/kws_det.png``
+
+    The full set writes ``kws_eval.json``, the DET plot (``--png`` and ``kws_det.png`` in
+    the package) and a section of ``report.md``; ``--quick`` writes only
+    ``kws_eval_quick.json`` (and a plot if ``--png`` is given)."""
     import argparse
     import json
+    import shutil
 
     parser = argparse.ArgumentParser(description="kws as a keyword spotter (see module doc)")
     parser.add_argument("--model", type=Path, default=Path("models/kws/1"))
-    parser.add_argument("--png", type=Path, default=Path("docs/img/kws_det.png"))
+    parser.add_argument("--png", type=Path, default=None,
+                        help="DET plot (default: docs/img/kws_det.png; none with --quick)")
     parser.add_argument("--quick", action="store_true", help="the small fixed subset")
     args = parser.parse_args(argv)
+    png = args.png or (None if args.quick else Path("docs/img/kws_det.png"))
     streams = build("test", QUICK if args.quick else FULL)
     fig = evaluate(args.model, streams)
     fig["scale"] = "quick" if args.quick else "full"
     s = fig["shipped"]
-    args.png.parent.mkdir(parents=True, exist_ok=True)
-    plot_det({"kws v1, threshold sweep": fig["det"]},
-             {"shipped operating point": (s["false_alarms_per_hour"], s["miss_rate"])},
-             args.png, f"kws DET on {fig['keyword_free_hours']:.2f} h keyword-free + "
-             f"{s['keywords']} keywords (unseen voices)")
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_det({f"{args.model.parent.name} v{args.model.name}, threshold sweep": fig["det"]},
+                 {"shipped operating point": (s["false_alarms_per_hour"], s["miss_rate"])},
+                 png, f"kws DET on {fig['keyword_free_hours']:.2f} h keyword-free + "
+                 f"{s['keywords']} keywords (unseen voices)")
     (args.model / ("kws_eval_quick.json" if args.quick else EVAL_JSON)).write_text(
         json.dumps(fig, indent=2) + "\n")
+    if not args.quick and png is not None:
+        if png.resolve() != (args.model / "kws_det.png").resolve():
+            shutil.copyfile(png, args.model / "kws_det.png")
+        write_report_section(args.model, fig, "kws_det.png")
     print("\n".join(summary_lines(fig)))
     return 0
 

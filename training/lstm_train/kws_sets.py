@@ -38,19 +38,28 @@ class Scale:
     epochs: int
     batch: int
     variants: tuple[int, int, int] | None  # (train, val, test) caps for quick runs
+    #: renditions per training variant of every negative word (``kws_running.NEGATIVES``)
+    negative_renditions: int = 2
+    #: keyword-free phrases per training variant, each synthesized as one utterance
+    phrases_per_variant: int = 4
+    #: initial states taken from the previous batch's final states with this probability
+    state_carry: float = 0.7
+    #: start from the previous bundled model's weights (``kws_recipe.INIT_WEIGHTS``)
+    init_from_previous: bool = False
+    lr: float = 3e-3
 
 
 FULL = Scale(
-    keyword_renditions=10, filler_renditions=4, train_streams=9000, val_streams=200,
-    stream_seconds=3.0, val_clips_per_class=30, val_sentences=30, test_clips_per_class=100,
-    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=20, batch=64,
-    variants=None,
+    keyword_renditions=10, filler_renditions=4, train_streams=5000, val_streams=150,
+    stream_seconds=8.0, val_clips_per_class=30, val_sentences=30, test_clips_per_class=100,
+    test_sentences=60, test_keyword_renditions=3, hidden=128, layers=2, epochs=8, batch=32,
+    variants=None, init_from_previous=True, lr=1e-3,
 )
 QUICK = Scale(
-    keyword_renditions=1, filler_renditions=1, train_streams=96, val_streams=16,
-    stream_seconds=2.0, val_clips_per_class=3, val_sentences=3, test_clips_per_class=4,
+    keyword_renditions=1, filler_renditions=1, train_streams=64, val_streams=12,
+    stream_seconds=3.0, val_clips_per_class=3, val_sentences=3, test_clips_per_class=4,
     test_sentences=4, test_keyword_renditions=1, hidden=32, layers=1, epochs=2, batch=32,
-    variants=(6, 2, 3),
+    variants=(6, 2, 3), negative_renditions=1, phrases_per_variant=1,
 )
 
 

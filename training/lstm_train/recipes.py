@@ -235,7 +235,7 @@ SENSOR_RECIPES = {
         description="Speaker identification (9 speakers) from 12 LPC cepstra per frame "
         "(UEA JapaneseVowels); bidirectional LSTM over the whole utterance with attention "
         "pooling (a learned weighted sum over time), Predict only.",
-        cell="lstm", bidirectional=True, hidden=128, layers=1, epochs=80, lr=5e-3, batch=16,
+        cell="lstm", bidirectional=True, hidden=128, layers=1, epochs=120, lr=3e-3, batch=16,
         val_fraction=0.15, noise=0.2, frame_rate_hz=100.0, frame_weight=0.0, dropout=0.0,
         weight_decay=1e-3, pooling="attention", keep_last=True,
     ),
