@@ -336,6 +336,13 @@ async def _write_back(store: SessionStore, live: LiveSession, state: SessionStat
         live.unsaved = 0
 
 
+def _foreign_token() -> SessionNotFound:
+    return SessionNotFound(
+        "resume_token: its session is unknown to this principal; a session continues only "
+        "for the principal that created it"
+    )
+
+
 class SessionRegistry:
     """Opens, holds and closes sessions against a store."""
 
@@ -388,6 +395,7 @@ class SessionRegistry:
         session_id = restore.session_id if restore is not None else (session_id or uuid.uuid4().hex)
         lease = None
         if session_id not in self._live:
+            await self._check_owner_before_lease(session_id, restore)
             lease = Lease(self.store, session_id, self.holder, self._lease_s)
             await lease.acquire()
         try:
@@ -405,6 +413,20 @@ class SessionRegistry:
                     self._renew(live.lease), name=f"lease-{live.id[:16]}"
                 )
         return live, existed
+
+    async def _check_owner_before_lease(self, session_id: str, restore: SessionState | None) -> None:
+        """With authentication on and a shared store, another principal's session is
+        unknown (NOT_FOUND) before any lease is tried: a lease conflict would tell
+        that the id is in use elsewhere."""
+        if auth.current() is None or not self.store.shared:
+            return
+        if restore is not None:
+            if restore.principal != auth.owner():
+                raise _foreign_token()
+            return
+        state = await self.store.get(session_id)
+        if state is not None and state.principal != auth.owner():
+            raise self._not_found(session_id, "is unknown")
 
     async def _renew(self, lease: Lease) -> None:
         while True:
@@ -434,10 +456,7 @@ class SessionRegistry:
     ) -> tuple[LiveSession, bool]:
         if restore is not None:
             if restore.principal != auth.owner():
-                raise SessionNotFound(
-                    "resume_token: its session is unknown to this principal; a session continues only "
-                    "for the principal that created it"
-                )
+                raise _foreign_token()
             return await self._restore(restore, stream), True
         self._check_principal_sessions(session_id)
         live = self._live.get(session_id)

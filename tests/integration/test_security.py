@@ -424,3 +424,28 @@ def test_cli_global_token_and_tls_options(tls_server: ServerHandle, tls_dir: Pat
     by_env = subprocess.run([*keyed, "models", "--json"], capture_output=True, text=True, timeout=60, cwd=REPO,
                             env={**env, "LSTM_SERVE_TOKEN": KEY_B})
     assert by_env.returncode == 0 and [m["name"] for m in json.loads(by_env.stdout)] == ["lstm"]
+
+
+def test_a_session_leased_on_another_replica_is_unknown_to_another_principal(
+    fixture_models: FixtureModels, tmp_path: Path
+) -> None:
+    """With Redis, the owner check comes before the lease: no lease conflict leaks the id."""
+    from tests.integration.test_redis_store import redis_server
+
+    keys = write_keys_file(
+        tmp_path / "keys.json",
+        [{"key": KEY_A, "subject": "svc-a", "models": ["*"]}, {"key": KEY_B, "subject": "svc-b", "models": ["*"]}],
+    )
+    with redis_server() as (_, port):
+        env = {"LSTM_SERVE_SESSIONS__STORE_URL": f"redis://127.0.0.1:{port}/0"}
+        args = ["--auth-keys", str(keys)]
+        with start_server(fixture_models.root, env=env, args=args, security=Security(token=KEY_A)) as a, \
+                start_server(fixture_models.root, env=env, args=args, security=Security(token=KEY_A)) as b, \
+                connect(a, token=KEY_A) as owner, connect(b, token=KEY_B) as other:
+            held = owner.open_stream()
+            held.config(model={"name": "lstm"}, session_id="leased-by-a")
+            assert held.recv().WhichOneof("message") == "started"
+            with pytest.raises(StatusError) as info:
+                other.predict("lstm", frames(5, 5), session_id="leased-by-a", must_exist=True)
+            held.cancel()
+    assert info.value.code is grpc.StatusCode.NOT_FOUND and "is unknown" in info.value.details
