@@ -110,6 +110,21 @@ def _rows(outputs: list[np.ndarray], batched: bool) -> Any:
     return lists if batched else lists[0]
 
 
+def _describe_row(row: np.ndarray, meta: dict[str, Any]) -> str:
+    """One output row for people: the top class of a classifier, the first values
+    (with their labels) of a regression head."""
+    labels = list(meta.get("labels", []))
+    if meta.get("task") == "regression":
+        shown = ", ".join(
+            f"{labels[j] if j < len(labels) else j}={row[j]:.3g}" for j in range(min(6, row.size))
+        )
+        more = f", ... ({row.size} values; --json for all)" if row.size > 6 else ""
+        return f"[{shown}{more}]"
+    top = int(np.argmax(row))
+    name = labels[top] if top < len(labels) else str(top)
+    return f"top class {name} ({row[top]:.3f})"
+
+
 def cmd_predict(client: LstmClient, args: argparse.Namespace) -> int:
     """Run Predict on a feature file."""
     seqs, batched = load_features(Path(args.input))
@@ -127,10 +142,11 @@ def cmd_predict(client: LstmClient, args: argparse.Namespace) -> int:
         document["frame_offset"] = result.frame_offset
         document["replayed"] = result.replayed
     text_lines = [f"model {result.model} version {result.version}"]
+    meta = client.metadata(result.model, result.version) if not args.json else {}
     for i, out in enumerate(result.outputs):
         last = out[-1] if out.ndim == 2 else out
         rows = out.shape[0] if out.ndim == 2 else 1
-        text_lines.append(f"sequence {i}: {rows} row(s), last row argmax {int(np.argmax(last))}")
+        text_lines.append(f"sequence {i}: {rows} row(s), last row {_describe_row(last, meta)}")
     _emit(args, document, "\n".join(text_lines))
     return 0
 

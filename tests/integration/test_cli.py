@@ -60,6 +60,15 @@ def test_predict_single_batch_and_npz(server: ServerHandle, tmp_path: Path) -> N
     np.testing.assert_allclose(ragged["outputs"][1], single["outputs"], atol=1e-6)
     seq = run_json(server, "predict", "bilstm", "--input", str(tmp_path / "ragged.npz"))
     assert np.array(seq["outputs"]).shape == (3, 4)
+    text = run(server, "predict", "lstm", "--input", str(tmp_path / "one.npy"))
+    assert text.returncode == 0 and "sequence 0: 12 row(s), last row top class " in text.stdout
+
+
+def test_predict_text_shows_forecasts_as_values(bundled_server: ServerHandle, tmp_path: Path) -> None:
+    np.save(tmp_path / "motion.npy", frames(1, 20))
+    text = run(bundled_server, "predict", "forecast", "--input", str(tmp_path / "motion.npy"))
+    assert text.returncode == 0, text.stderr
+    assert "last row [t+1:acc_x=" in text.stdout and "(30 values; --json for all)" in text.stdout
 
 
 def test_stream_json_matches_predict(server: ServerHandle, tmp_path: Path) -> None:
