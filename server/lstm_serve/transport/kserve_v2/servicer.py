@@ -171,6 +171,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         waiting: dict[str, collections.deque[pb.ModelInferRequest]] = {}
         workers: set[asyncio.Task[None]] = set()
         in_flight = 0
+        room = asyncio.Event()  # set when the client takes an answer: unread ones stay below the backlog
 
         async def answer(request: pb.ModelInferRequest) -> None:
             nonlocal in_flight
@@ -201,6 +202,9 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             nonlocal in_flight
             try:
                 async for request in request_iterator:
+                    while answers.qsize() >= backlog:  # the client does not read: stop reading it
+                        room.clear()
+                        await room.wait()
                     try:
                         rate.take()
                     except Overloaded as refused:
@@ -233,6 +237,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             reader = asyncio.ensure_future(read(rate))
             try:
                 while (reply := await answers.get()) is not None:
+                    room.set()
                     yield reply
             finally:
                 reader.cancel()
