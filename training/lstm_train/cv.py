@@ -41,6 +41,12 @@ VOWELS_CANDIDATES: dict[str, dict[str, Any]] = {
     "2 layers, dropout 0.2": {"epochs": 80, "lr": 5e-3, "layers": 2, "dropout": 0.2},
     "120 epochs, lr 3e-3 (bundled)": {"epochs": 120, "lr": 3e-3},
     "noise 0.3, crop 0.2": {"epochs": 80, "lr": 5e-3, "noise": 0.3, "crop": 0.2},
+    # third round: the pooling of the sequence head at the bundled schedule (120 epochs,
+    # lr 3e-3), against the attention recipe above, and two variants of it
+    "last-state pooling": {"pooling": "last"},
+    "mean pooling": {"pooling": "mean"},
+    "attention, hidden 64": {"hidden": 64},
+    "attention, 160 epochs": {"epochs": 160},
 }
 
 

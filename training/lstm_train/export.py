@@ -90,6 +90,7 @@ def build_manifest(
         f"{'bi' if cfg.bidirectional else 'uni'}directional {cfg.cell.upper()}, "
         f"{cfg.layers} layer(s), hidden {cfg.hidden}, {cfg.head} head"
         + (" (attention pooling)" if cfg.pooling == "attention" else "")
+        + (" (last-state pooling)" if cfg.pooling == "last" and cfg.bidirectional else "")
     )
     return Manifest(
         name=name,

@@ -26,9 +26,11 @@ class NetConfig:
     cell: Literal["lstm", "gru"] = "lstm"
     bidirectional: bool = False
     head: Literal["per_frame", "sequence"] = "per_frame"
-    #: sequence head of a bidirectional net: ``mean`` over time, or ``attention``
-    #: (a learned weighted sum over time: ``softmax_t(v . tanh(W o_t))``)
-    pooling: Literal["mean", "attention"] = "mean"
+    #: sequence head of a bidirectional net: ``mean`` over time, ``last`` (the final
+    #: output of each direction: the forward one at the last frame, the backward one at
+    #: the first), or ``attention`` (a learned weighted sum over time:
+    #: ``softmax_t(v . tanh(W o_t))``)
+    pooling: Literal["mean", "last", "attention"] = "mean"
     activation: Literal["softmax", "none"] = "softmax"
     dropout: float = 0.0
     #: forecaster: ``y[t]`` holds the next ``forecast_steps`` input frames, step-major
@@ -59,8 +61,9 @@ class RecurrentNet(nn.Module):
 
     - per-frame head: ``y`` is ``[batch, time, output_dim]``;
     - sequence head: ``y`` is ``[batch, output_dim]``: the last frame for a
-      unidirectional net, the time-mean of the outputs for a bidirectional one, or
-      with ``pooling="attention"`` an attention-weighted sum over time.
+      unidirectional net, the time-mean of the outputs for a bidirectional one,
+      with ``pooling="last"`` each direction's final output, or with
+      ``pooling="attention"`` an attention-weighted sum over time.
     """
 
     mean: torch.Tensor
@@ -91,9 +94,9 @@ class RecurrentNet(nn.Module):
                              "output_dim == forecast_steps * input_dim")
         width = config.hidden * (2 if config.bidirectional else 1)
         self.proj = nn.Linear(width, config.output_dim)
+        if config.pooling != "mean" and config.head != "sequence":
+            raise ValueError(f"{config.pooling} pooling needs a sequence head")
         if config.pooling == "attention":
-            if config.head != "sequence":
-                raise ValueError("attention pooling needs a sequence head")
             self.attn = nn.Sequential(nn.Linear(width, width // 2), nn.Tanh(),
                                       nn.Linear(width // 2, 1, bias=False))
 
@@ -116,6 +119,9 @@ class RecurrentNet(nn.Module):
             if self.config.pooling == "attention":
                 weights = torch.softmax(self.attn(seq), dim=1)  # [batch, time, 1]
                 pooled = (weights * seq).sum(dim=1)
+            elif self.config.pooling == "last" and self.config.bidirectional:
+                hidden = self.config.hidden
+                pooled = torch.cat([seq[:, -1, :hidden], seq[:, 0, hidden:]], dim=-1)
             else:
                 pooled = seq.mean(dim=1) if self.config.bidirectional else seq[:, -1, :]
             return (self.proj(pooled), *new_states)
