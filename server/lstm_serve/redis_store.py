@@ -40,7 +40,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from lstm_serve import snapshot
+from lstm_serve.domain import ModelRef
 from lstm_serve.errors import Overloaded, SessionConflict, StoreUnavailable, echo
+from lstm_serve.manifest import Manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelRepository
 from lstm_serve.sessions import StaleState
@@ -135,13 +137,12 @@ class SnapshotCodec:
         return snapshot.encode(state, entry.manifest, state.updated_ms + self._ttl_ms)
 
     def decode(self, data: bytes, session_id: str) -> SessionState:
-        from lstmserve.v1 import session_pb2 as spb
-
-        ref = spb.SessionSnapshot.FromString(data).model
-        entry = self._repository.find(ref.name, ref.version)
-        runtime = entry.require_runtime()
-        state, _ = snapshot.decode(data, runtime.manifest, runtime.content_hash, f"session '{echo(session_id)}'")
+        state, _ = snapshot.decode_bound(data, self._runtime_of, f"session '{echo(session_id)}'")
         return state
+
+    def _runtime_of(self, ref: ModelRef) -> tuple[Manifest, str]:
+        runtime = self._repository.find(ref.name, ref.version).require_runtime()
+        return runtime.manifest, runtime.content_hash
 
 
 class RedisSessionStore:

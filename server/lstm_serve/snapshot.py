@@ -10,6 +10,8 @@ snapshot that does not fit is refused with the field at fault.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -95,6 +97,21 @@ def encode(state: SessionState, manifest: Manifest, expires_ms: int) -> bytes:
 
 def decode(data: bytes, manifest: Manifest, model_hash: str, field: str) -> tuple[SessionState, int]:
     """Validated SessionState from snapshot bytes, and the snapshot's expiry (ms)."""
+    return _validated(_parse(data, field), manifest, model_hash, field)
+
+
+def decode_bound(
+    data: bytes, resolve: Callable[[ModelRef], tuple[Manifest, str]], field: str
+) -> tuple[SessionState, int]:
+    """Like :func:`decode`, for a snapshot whose model is not known beforehand (a
+    stored session): ``resolve`` gives the manifest and weights hash of the model
+    version the snapshot names."""
+    snap = _parse(data, field)
+    manifest, model_hash = resolve(ModelRef(snap.model.name, snap.model.version))
+    return _validated(snap, manifest, model_hash, field)
+
+
+def _parse(data: bytes, field: str) -> spb.SessionSnapshot:
     try:
         snap = spb.SessionSnapshot.FromString(data)
     except DecodeError:
@@ -104,6 +121,12 @@ def decode(data: bytes, manifest: Manifest, model_hash: str, field: str) -> tupl
             f"{field}: snapshot schema version {snap.schema_version} is not supported (this server "
             f"reads version {SCHEMA_VERSION}); start a new session"
         )
+    return snap
+
+
+def _validated(
+    snap: spb.SessionSnapshot, manifest: Manifest, model_hash: str, field: str
+) -> tuple[SessionState, int]:
     ref = ModelRef(snap.model.name, snap.model.version)
     if ref != ModelRef(manifest.name, manifest.version) or snap.model_hash != model_hash:
         raise PreconditionFailed(
