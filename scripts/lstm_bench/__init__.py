@@ -38,3 +38,17 @@ def log(message: str) -> None:
         print(line, file=sys.stderr, flush=True)
         return
     tqdm.write(line, file=sys.stderr)
+
+
+def write_marked(path: Path, begin: str, end: str, body: str, heading: str) -> None:
+    """Put ``body`` between the ``begin`` and ``end`` markers of ``path``, or append it
+    under ``heading`` with its markers when they are absent (a generated docs block)."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{body}\n{end}"
+    start = text.find(begin)
+    stop = text.find(end, start) if start >= 0 else -1
+    if stop >= 0:
+        text = text[:start] + block + text[stop + len(end):]
+    else:
+        text = text.rstrip() + ("\n\n" if text.strip() else "") + f"## {heading}\n\n{block}\n"
+    path.write_text(text)

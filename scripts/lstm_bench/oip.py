@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lstm_bench import REPO, log
+from lstm_bench import REPO, log, write_marked
 from lstm_bench.measure import process_cpu_s
 from lstm_client.launch import ServerProcess, run_server
 from lstmserve.kserve_v2 import grpc_service_pb2 as v2
@@ -144,7 +144,6 @@ def measure(concurrencies: list[int], chunks: int) -> dict[str, Any]:
 def markdown(results: dict[str, Any]) -> str:
     """The table for docs/benchmarks.md."""
     lines = [
-        BEGIN,
         f"`{results['model']}`, {results['chunk_frames']} frames a chunk, {results['chunks_per_stream']} chunks per "
         "stream, each stream sending as fast as flow control allows; one server process, this run. Target: v2 CPU per "
         "chunk within 15% of native (ratio <= 1.15).",
@@ -161,7 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {pa['infer_per_s']:.0f} | {pa['p50_ms']:.1f} | {pa['p99_ms']:.1f} "
             f"| {pa['server_cpu_us_per_infer']:.0f} |"
         )
-    lines += ["", "Reproduce: `make bench-oip` (or `python scripts/lstm_bench/oip.py --json`).", END]
+    lines += ["", "Reproduce: `make bench-oip` (or `python scripts/lstm_bench/oip.py --json`)."]
     return "\n".join(lines)
 
 
@@ -175,13 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(args.concurrency, args.chunks)
     block = markdown(results)
     if not args.no_docs:
-        doc = REPO / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text += f"\n## Open Inference Protocol (v2) against native\n\n{block}\n"
-        doc.write_text(text)
+        write_marked(REPO / "docs" / "benchmarks.md", BEGIN, END, block, "Open Inference Protocol (v2) against native")
     print(json.dumps(results, indent=2) if args.json else block)
     return 0
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lstm_bench import REPO, log
+from lstm_bench import REPO, log, write_marked
 from lstm_bench.measure import percentiles_ms, process_cpu_s
 from lstm_client.launch import ServerProcess, free_port, run_server, scrape
 from lstm_serve import snapshot
@@ -209,7 +209,6 @@ def measure(streams: int, chunks: int, calls: int) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     mem, red = r["predict_memory"], r["predict_redis"]
     lines = [
-        BEGIN,
         f"One run on this machine; `{MODEL}`, {FRAMES} frames a chunk or call; {r['streams']} streams x "
         f"{r['chunks']} chunks for CPU per chunk, {r['calls']} sequential Predict calls for latency.",
         "",
@@ -245,7 +244,6 @@ def markdown(r: dict[str, Any]) -> str:
           for op, v in sorted(r["store_ops"].items())),
         "",
         "Reproduce: `make bench-sessions` (or `python scripts/lstm_bench/sessions_bench.py --json`).",
-        END,
     ]
     return "\n".join(lines)
 
@@ -261,13 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(args.streams, args.chunks, args.calls)
     block = markdown(results)
     if not args.no_docs:
-        doc = REPO / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text += f"\n## Sessions: resume tokens and the Redis store\n\n{block}\n"
-        doc.write_text(text)
+        write_marked(REPO / "docs" / "benchmarks.md", BEGIN, END, block, "Sessions: resume tokens and the Redis store")
     print(json.dumps(results, indent=2) if args.json else block)
     return 0
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lstm_bench import write_marked
+
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 FULL_DURATION_S = 600.0
 
@@ -17,11 +19,7 @@ def write_docs(report: dict[str, Any], docs: Path) -> None:
     (docs / "soak-results.json").write_text(json.dumps(report, indent=1) + "\n")
     plots = plot(report, docs / "img")
     block = markdown(report, plots)
-    path = docs / "soak.md"
-    text = path.read_text() if path.exists() else f"# Soak\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    write_marked(docs / "soak.md", BEGIN, END, block, "Soak report")
 
 
 def _ms(value: float | None) -> str:
