@@ -18,7 +18,6 @@ defines it, over the same session step as every other API.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,8 +41,6 @@ from lstm_serve.predict import check_frames
 from lstm_serve.sessions import LiveSession, OpenMode, SessionRegistry
 from lstm_serve.settings import Settings
 from lstm_serve.step import StepOutput, hydrate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,9 +183,6 @@ class SequenceUseCase:
     async def _open(self, request: SequenceRequest, lane: Lane) -> LiveSession:
         sequence_id = request.sequence_id
         mode: OpenMode = "restart" if request.start else "continue"
-        if request.start and (self._sessions.held(sequence_id) or await self._sessions.store.get(sequence_id)):
-            log.info("sequence %s of model '%s': START on an active sequence restarts it", echo(sequence_id),
-                     lane.manifest.name)
         try:
             live, _ = await self._sessions.open(
                 sequence_id, lane.fresh_state, requested_version=request.model.version, mode=mode, stream=False,

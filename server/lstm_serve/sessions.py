@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -48,6 +49,8 @@ from lstm_serve.events import KeywordSpotter
 from lstm_serve.metrics import Metrics
 from lstm_serve.settings import LimitSettings
 from lstm_serve.state import SessionState, now_ms
+
+log = logging.getLogger(__name__)
 
 OpenMode = Literal["create_or_continue", "continue", "create", "restart"]
 """How a request opens a session: ``continue`` needs it to exist (NOT_FOUND
@@ -472,6 +475,7 @@ class SessionRegistry:
             if live is not None and live.held:
                 raise self._conflict(live)
             await self.store.delete(session_id, "restarted")
+            log.info("session %s of model '%s' restarted from the zero state", echo(session_id), state.model.name)
             self._live.pop(session_id, None)
             live, state = None, None
         if state is None:
