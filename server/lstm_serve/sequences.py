@@ -30,7 +30,6 @@ from lstm_serve.errors import (
     InvalidInput,
     ModelNotReady,
     Overloaded,
-    PreconditionFailed,
     SessionNotFound,
     StoreUnavailable,
     echo,
@@ -40,7 +39,7 @@ from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.predict import check_frames
 from lstm_serve.sessions import LiveSession, OpenMode, SessionRegistry
 from lstm_serve.settings import Settings
-from lstm_serve.step import StepOutput, hydrate
+from lstm_serve.step import StepOutput, attach_front_end
 
 
 @dataclass(frozen=True)
@@ -151,16 +150,7 @@ class SequenceUseCase:
         live = await self._open(request, lane)
         try:
             lane = self._lanes.bound(live.state)
-            committed = live.state.audio
-            if audio_format is not None and committed is not None and committed.format != audio_format:
-                raise PreconditionFailed(
-                    f"sample_rate_hz: sequence {echo(request.sequence_id)} started with {committed.format}; "
-                    "a sequence keeps its audio format"
-                )
-            live.audio_format = audio_format
-            live.spot_events = True
-            if audio_format is not None or manifest.output.postprocess is not None:
-                await asyncio.to_thread(hydrate, live, lane.manifest)
+            await attach_front_end(live, lane.manifest, audio_format, True, "sample_rate_hz")
             out = await self._apply(request, lane, live)
         except BaseException:
             await self._sessions.close(live, stream=False)

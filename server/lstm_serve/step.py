@@ -21,6 +21,7 @@ import numpy as np
 
 from lstm_serve.audio import AudioPipeline
 from lstm_serve.batching import Batcher
+from lstm_serve.domain import AudioFormat
 from lstm_serve.errors import OffsetMismatch, PreconditionFailed, echo
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.manifest import LogMelFrontend, Manifest
@@ -61,6 +62,26 @@ def hydrate(live: LiveSession, manifest: Manifest) -> None:
             if state.spotter is not None
             else KeywordSpotter(post, labels, rate)
         )
+
+
+async def attach_front_end(
+    live: LiveSession, manifest: Manifest, audio_format: AudioFormat | None, spot_events: bool, field: str
+) -> None:
+    """Give a live session the front-end and spotter its caller asked for. A session
+    keeps the audio format it started with (``field`` names the caller's). Restoring a
+    front-end designs its resampling filter, so that runs off the event loop."""
+    committed = live.state.audio
+    if audio_format is not None and committed is not None and committed.format != audio_format:
+        raise PreconditionFailed(
+            f"{field}: session '{echo(live.id)}' was started with {committed.format}; a session keeps "
+            "its audio format"
+        )
+    live.audio_format = audio_format
+    live.spot_events = spot_events
+    if isinstance(manifest.frontend, LogMelFrontend) or manifest.output.postprocess is not None:
+        await asyncio.to_thread(hydrate, live, manifest)
+    else:
+        hydrate(live, manifest)
 
 
 class SessionStep:

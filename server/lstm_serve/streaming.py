@@ -30,7 +30,6 @@ from lstm_serve.errors import (
     Overloaded,
     PreconditionFailed,
     StoreUnavailable,
-    echo,
 )
 from lstm_serve.events import Event
 from lstm_serve.lanes import Lane, Lanes
@@ -39,7 +38,7 @@ from lstm_serve.predict import check_frames
 from lstm_serve.resume import ResumeTokens
 from lstm_serve.sessions import LiveSession, SessionRegistry
 from lstm_serve.settings import Settings
-from lstm_serve.step import StepOutput, hydrate
+from lstm_serve.step import StepOutput, attach_front_end
 
 REALTIME_ALLOWANCE_S = 2.0
 """Audio a stream may send ahead of real time before the rate limit applies."""
@@ -214,17 +213,8 @@ class StreamUseCase:
         )
         try:
             lane = self._lanes.bound(live.state)
-            manifest = lane.manifest
-            committed = live.state.audio
-            if audio_format is not None and committed is not None and committed.format != audio_format:
-                raise PreconditionFailed(
-                    f"config.audio: session '{echo(live.id)}' was started with {committed.format}; "
-                    "a resumed session keeps its audio format"
-                )
-            live.audio_format = audio_format
-            live.spot_events = config.events is None or config.events
-            # Restoring a front-end designs its resampling filter: not on the loop.
-            await asyncio.to_thread(hydrate, live, manifest)
+            await attach_front_end(live, lane.manifest, audio_format, config.events is None or config.events,
+                                   "config.audio")
             return _Stream(
                 self._sessions, self._tokens, live, resumed, config, lane, self._settings, self._metrics,
                 self._admission.stream_rate("chunk"),
