@@ -53,7 +53,8 @@ DESCRIPTION = """\
 Load generator: drive N concurrent StreamPredict streams (or unary Predict callers) of
 one model for S seconds and report throughput, chunk latency, errors and the fraction
 of real time achieved. Inputs are random float32 frames of the model's feature_dim
-(from GetModelMetadata).
+(from GetModelMetadata); an audio model (kws) gets PCM chunks of --chunk-ms, cut
+from --wav (looped) or, without one, quiet noise at the model's sample rate.
 
 pacing:
   --realtime      each stream sends one chunk of K frames every K / frame_rate seconds
@@ -72,6 +73,7 @@ examples:
   lstm-client --target 10.0.0.5:50051 bench reference --streams 256 --realtime --json
   lstm-client bench reference --streams 64 --duration 5            # saturation
   lstm-client bench har --mode predict --streams 8 --chunk-frames 100 --json
+  lstm-client bench kws --streams 64 --realtime --chunk-ms 100 --wav demo/demo1.wav
 
 exit code: 0 when no call failed, 1 when some did (the report is printed either way).
 """
@@ -94,6 +96,10 @@ class BenchConfig:
     channels: int = 0
     seed: int = 0
     drain_s: float = 5.0
+    chunk_ms: float = 100.0
+    """Audio per chunk, for an audio model."""
+    wav: str = ""
+    """A WAV file whose audio the chunks are cut from (looped), for an audio model."""
 
 
 @dataclass
@@ -147,26 +153,64 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class _Payloads:
-    """Pre-built random inputs, reused round-robin so the client spends no time on them."""
+@dataclass(frozen=True)
+class AudioInput:
+    """What an audio model's chunks are: PCM16 at ``sample_rate_hz``."""
 
-    def __init__(self, cfg: BenchConfig, feature_dim: int, variants: int = 16) -> None:
+    sample_rate_hz: int
+    chunks: list[bytes]
+    """The chunks of ``chunk_ms``, sent round-robin."""
+
+
+def audio_input(cfg: BenchConfig, sample_rate_hz: int) -> AudioInput:
+    """Chunks of ``cfg.chunk_ms`` cut from ``cfg.wav``, or of quiet noise without one."""
+    samples = max(1, round(sample_rate_hz * cfg.chunk_ms / 1000))
+    if cfg.wav:
+        from pathlib import Path
+
+        from lstm_client.wav import read_wav
+
+        wav = read_wav(Path(cfg.wav))
+        if wav.encoding != "pcm16" or wav.sample_rate_hz != sample_rate_hz:
+            raise ValueError(f"--wav: {cfg.wav} is {wav.encoding} at {wav.sample_rate_hz} Hz; the bench "
+                             f"sends pcm16 at the model's {sample_rate_hz} Hz")
+        pcm = np.frombuffer(wav.data, "<i2")
+    else:
+        pcm = (np.random.default_rng(cfg.seed).standard_normal(samples * 16) * 300).astype("<i2")
+    whole = len(pcm) // samples
+    if whole == 0:
+        raise ValueError(f"--wav: {cfg.wav} is shorter than one chunk of {cfg.chunk_ms:g} ms")
+    return AudioInput(sample_rate_hz, [pcm[i * samples : (i + 1) * samples].tobytes() for i in range(whole)])
+
+
+class _Payloads:
+    """Pre-built inputs, reused round-robin so the client spends no time on them."""
+
+    def __init__(
+        self, cfg: BenchConfig, feature_dim: int, variants: int = 16, audio: AudioInput | None = None,
+    ) -> None:
         rng = np.random.default_rng(cfg.seed)
         self.tensors = [
             to_tensor(rng.standard_normal((cfg.chunk_frames, feature_dim)).astype(np.float32))
             for _ in range(variants)
         ]
+        self.audio = audio
         self.predicts = [
             pb.PredictRequest(model=pb.ModelRef(name=cfg.model, version=cfg.version), features=t)
             for t in self.tensors
         ]
-        self.config = pb.StreamRequest(
-            config=pb.StreamConfig(model=pb.ModelRef(name=cfg.model, version=cfg.version))
-        )
+        config = pb.StreamConfig(model=pb.ModelRef(name=cfg.model, version=cfg.version))
+        if audio is not None:
+            config.audio.CopyFrom(pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16,
+                                                 sample_rate_hz=audio.sample_rate_hz))
+        self.config = pb.StreamRequest(config=config)
         self.end = pb.StreamRequest(end=pb.End())
 
     def chunk(self, seq: int) -> pb.StreamRequest:
         """The stream request for chunk ``seq``."""
+        if self.audio is not None:
+            pcm = self.audio.chunks[seq % len(self.audio.chunks)]
+            return pb.StreamRequest(chunk=pb.Chunk(sequence_number=seq, audio=pcm))
         tensor = self.tensors[seq % len(self.tensors)]
         return pb.StreamRequest(chunk=pb.Chunk(sequence_number=seq, features=tensor))
 
@@ -282,9 +326,13 @@ async def _predict_worker(
         due = due + pace if pace > 0 else time.perf_counter()
 
 
-async def run_bench(target: str, cfg: BenchConfig, feature_dim: int, frame_rate_hz: float) -> dict[str, Any]:
-    """Run one benchmark against ``target`` and return the report (see :func:`cmd_bench`)."""
-    pace = cfg.chunk_frames / frame_rate_hz if cfg.realtime else 0.0
+async def run_bench(
+    target: str, cfg: BenchConfig, feature_dim: int, frame_rate_hz: float, audio: AudioInput | None = None,
+) -> dict[str, Any]:
+    """Run one benchmark against ``target`` and return the report (see :func:`cmd_bench`);
+    with ``audio``, the streams send its PCM chunks of ``cfg.chunk_ms``."""
+    chunk_s = cfg.chunk_ms / 1000 if audio is not None else cfg.chunk_frames / frame_rate_hz
+    pace = chunk_s if cfg.realtime else 0.0
     n_channels = cfg.channels or max(1, min(cfg.streams, 8))
     options = [
         ("grpc.use_local_subchannel_pool", 1),  # a TCP connection per channel
@@ -295,7 +343,7 @@ async def run_bench(target: str, cfg: BenchConfig, feature_dim: int, frame_rate_
     try:
         await asyncio.gather(*(c.channel_ready() for c in channels))
         stubs = [pb_grpc.InferenceStub(c) for c in channels]
-        payloads = _Payloads(cfg, feature_dim)
+        payloads = _Payloads(cfg, feature_dim, audio=audio)
         t0 = time.perf_counter() + 0.05
         window_start = t0 + cfg.warmup_s
         stop_at = window_start + cfg.duration_s
@@ -321,7 +369,8 @@ async def run_bench(target: str, cfg: BenchConfig, feature_dim: int, frame_rate_
         "realtime": cfg.realtime,
         "streams": cfg.streams,
         "chunk_frames": cfg.chunk_frames,
-        "chunk_ms": round(1000 * cfg.chunk_frames / frame_rate_hz, 3),
+        "chunk_ms": round(1000 * chunk_s, 3),
+        "input": "audio" if audio is not None else "features",
         "frame_rate_hz": frame_rate_hz,
         "duration_s": cfg.duration_s,
         "warmup_s": cfg.warmup_s,
@@ -388,9 +437,22 @@ def cmd_bench(client: LstmClient, args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         model=args.name, version=args.version, streams=args.streams, duration_s=args.duration,
         chunk_frames=args.chunk_frames, realtime=args.realtime, mode=args.mode, warmup_s=args.warmup,
-        channels=args.channels, seed=args.seed,
+        channels=args.channels, seed=args.seed, chunk_ms=args.chunk_ms, wav=args.wav or "",
     )
-    report = asyncio.run(run_bench(client.target, cfg, int(meta["feature_dim"]), frame_rate))
+    audio = None
+    if meta["input_kind"] == "audio":
+        if args.mode != "stream":
+            print(f"error: model '{args.name}' takes audio; it streams only (--mode stream)", file=sys.stderr)
+            return 2
+        try:
+            audio = audio_input(cfg, int(meta["audio"]["sample_rate_hz"]))
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.wav:
+        print(f"error: --wav: model '{args.name}' takes feature frames, not audio", file=sys.stderr)
+        return 2
+    report = asyncio.run(run_bench(client.target, cfg, int(meta["feature_dim"]), frame_rate, audio))
     report["config"] = asdict(cfg)
     print(json.dumps(report) if args.json else format_report(report))
     return 1 if report["error_count"] else 0
@@ -432,6 +494,10 @@ def add_bench_parser(sub: Any) -> None:
                    help="seconds run before the measured window, not counted (default 1)")
     p.add_argument("--channels", type=int, default=0,
                    help="gRPC channels (TCP connections) the workers share round-robin (default min(N, 8))")
+    p.add_argument("--chunk-ms", type=_positive_float, default=100.0,
+                   help="audio milliseconds per chunk, for an audio model (default 100)")
+    p.add_argument("--wav", help="a 16-bit PCM WAV at the model's sample rate whose audio the chunks are cut "
+                   "from, looped (audio models; default: quiet noise)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the input frames (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(func=cmd_bench)

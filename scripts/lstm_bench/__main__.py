@@ -9,7 +9,10 @@ in the same run and compared as ratios:
 (c) the server with batching on (the defaults);
 (d) ``--workers 2`` (batching on), two worker processes sharing the port;
 (e) old against new: the same server measurements against a server started from a git
-    worktree of ``--base`` (default ``HEAD~1``) and from this working tree, interleaved.
+    worktree of ``--base`` (default ``HEAD~1``) and from this working tree, interleaved;
+(f) per-message cost: server CPU per chunk split into onnxruntime and the rest, against
+    the echo floor (a bare grpc.aio server of the same messages, same load), for the
+    reference model paced and saturated and for kws audio streams (``floor``).
 
 For each of (b)-(d) it sweeps N paced streams with ``lstm-client bench`` in its own
 process, then one as-fast-as-possible saturation run, reading the batch sizes from the
@@ -44,6 +47,7 @@ from lstm_client.launch import ServerProcess
 
 from . import CHUNK_FRAMES, MODEL, REPO, SATURATION_STREAMS, WORK, log
 from . import compare as comparison
+from . import floor as per_message
 from .measure import (
     echo_payload,
     ensure_model,
@@ -85,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds of the comparison (default 3, quick 1)")
     parser.add_argument("--compare-duration", type=float,
                         help="measured seconds per comparison point (default 4, quick 1.5)")
+    parser.add_argument("--no-floor", action="store_true", help="skip (f), the per-message cost against the echo floor")
+    parser.add_argument("--floor-rounds", type=int, help="interleaved rounds of (f) (default 2, quick 1)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
@@ -146,7 +152,9 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         "docs": str(args.docs / "benchmarks.md"),
     }
     package = ensure_model(args.models)
-    total = len(configs) * (len(streams) + 1) + int(profile) + (0 if args.no_compare else rounds * 2)
+    floor_rounds = args.floor_rounds or (1 if quick else 2)
+    total = (len(configs) * (len(streams) + 1) + int(profile) + (0 if args.no_compare else rounds * 2)
+             + (0 if args.no_floor else per_message.progress_points(floor_rounds, quick)))
     with tqdm(total=total, desc="bench", unit="point", file=sys.stderr, disable=None, leave=False) as bar:
         log("(a) in-process onnxruntime")
         ort_seconds = 0.2 if quick else 0.6
@@ -157,7 +165,8 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
             "threads_2": [ort_throughput(rt2, b, CHUNK_FRAMES, ort_seconds) for b in batches],
         }
         unary_calls = 300 if quick else 1500
-        results["unary"] = {"calls": unary_calls, "ort_ms": ort_p50(rt1, 100, unary_calls), "predict_ms": {}}
+        results["unary"] = {"calls": unary_calls, "ort_ms": ort_p50(rt1, 100, unary_calls), "predict_ms": {},
+                            "executor_ms": per_message.executor_round_trip(unary_calls)}
         request = predict_request(rt1.manifest.input.feature_dim, 100)
         log("echo RPC (transport floor)")
         with echo_server() as echo:
@@ -166,6 +175,10 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
             )
         results["servers"] = {}
         sweep(args, results, configs, streams, duration, warmup, profile, request, unary_calls, bar)
+        if not args.no_floor:
+            log(f"(f) per-message cost against the echo floor, {floor_rounds} interleaved round(s)")
+            results["per_message"] = per_message.measure_floor(
+                args.models, duration, warmup, floor_rounds, quick, step=lambda: bar.update())
         if not args.no_compare:
             log(f"(e) this working tree against {args.base}, {rounds} interleaved rounds")
             results["compare"] = comparison.run_comparison(
@@ -176,6 +189,7 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     u["overhead_ms"] = {
         k: round(p["p50"] - (u["echo_ms"]["p50"] + u["ort_ms"]["p50"]), 4) for k, p in u["predict_ms"].items()
     }
+    per_message.unary_floor(u)
     results["served_vs_ort"] = {}
     for key in ("on", "workers2"):
         sat = results["servers"].get(key, {}).get("saturation")

@@ -254,17 +254,24 @@ def metric_delta(before: dict[str, float], after: dict[str, float], name: str) -
     return dict(out)
 
 
+STEPS_METRIC = "lstm_serve_batch_size_sum"
+"""The sequences lstm-serve ran: one per stream chunk or Predict call."""
+
+
 def server_view(
     before: dict[str, float], after: dict[str, float], cpu_s: float, wall_s: float, busy_s: float,
     process_cpu: list[dict[str, Any]] | None = None, threads: dict[str, float] | None = None,
+    steps_metric: str = STEPS_METRIC, ort_thread_s: float | None = None,
 ) -> dict[str, Any]:
     """Batch-size distribution, compute and queue time, and CPU of one measured point.
 
-    ``steps`` is the number of sequences the server ran (one per stream chunk or Predict
-    call, ``lstm_serve_batch_size_sum``); CPU per chunk is server CPU over steps."""
+    ``steps`` is the number of messages the server answered (``steps_metric``); CPU per
+    chunk is server CPU over steps, and ``non_ort_us_per_chunk`` the same without
+    ``ort_thread_s``, the CPU of the threads named ``onnxruntime`` in every server
+    process (the executor: stacking, the onnxruntime call, its metrics)."""
     buckets = metric_delta(before, after, "lstm_serve_batch_size_bucket")
     count = metric_delta(before, after, "lstm_serve_batch_size_count").get("", 0.0)
-    steps = metric_delta(before, after, "lstm_serve_batch_size_sum").get("", 0.0)
+    steps = metric_delta(before, after, steps_metric).get("", 0.0)
     frames = metric_delta(before, after, "lstm_serve_frames_total").get("", 0.0)
     compute_s = metric_delta(before, after, "lstm_serve_compute_seconds_sum").get("", 0.0)
     queue_n = metric_delta(before, after, "lstm_serve_queue_wait_seconds_count").get("", 0.0)
@@ -291,6 +298,8 @@ def server_view(
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_cores": round(cpu_s / wall_s, 3) if wall_s else None,
         "cpu_us_per_chunk": per_step(cpu_s),
+        "ort_thread_us_per_chunk": per_step(ort_thread_s) if ort_thread_s is not None else None,
+        "non_ort_us_per_chunk": per_step(cpu_s - ort_thread_s) if ort_thread_s is not None else None,
         "compute_us_per_chunk": per_step(compute_s),
         # the process started, by thread role (event loop, onnxruntime-named threads, the rest)
         "threads_cpu_s": threads or {},
@@ -303,12 +312,16 @@ def server_view(
 
 def run_load(
     server: ServerProcess, streams: int, duration: float, realtime: bool, warmup: float,
-    chunk_frames: int = CHUNK_FRAMES,
+    chunk_frames: int = CHUNK_FRAMES, model: str = MODEL, extra: tuple[str, ...] = (),
+    steps_metric: str = STEPS_METRIC,
 ) -> dict[str, Any]:
-    """One ``lstm-client bench`` run in its own process, with the server's view of it."""
+    """One ``lstm-client bench`` run in its own process, with the server's view of it
+    (``extra``: more ``bench`` flags, e.g. ``--audio``; ``steps_metric``: what counts the
+    server's answered messages)."""
     cmd = [
-        str(BIN / "lstm-client"), "--target", server.target, "bench", MODEL, "--streams", str(streams),
+        str(BIN / "lstm-client"), "--target", server.target, "bench", model, "--streams", str(streams),
         "--duration", str(duration), "--chunk-frames", str(chunk_frames), "--warmup", str(warmup), "--json",
+        *extra,
     ]
     if realtime:
         cmd.append("--realtime")
@@ -318,13 +331,15 @@ def run_load(
     try:
         # the window opens once the server sees traffic plus the warm-up, so that neither the
         # client's start-up (an idle server) nor its warm-up weighs on the CPU per chunk
-        wait_for_traffic(server, client, deadline=time.monotonic() + timeout)
+        wait_for_traffic(server, client, time.monotonic() + timeout, steps_metric)
         time.sleep(warmup)
         before = scrape(server.metrics_url)
         threads0 = thread_cpu_s(root)
         cpu0, busy0, wall0 = tree_cpu_s(root), machine_busy_s(), time.perf_counter()
+        ort0 = {p: thread_cpu_s(p) for p in cpu0}
         stdout, stderr = client.communicate(timeout=timeout)
         cpu1, busy1, wall1 = tree_cpu_s(root), machine_busy_s(), time.perf_counter()
+        ort1 = {p: thread_cpu_s(p) for p in cpu1}
         threads1 = thread_cpu_s(root)
         after = scrape(server.metrics_url)
     finally:
@@ -342,7 +357,8 @@ def run_load(
         {"pid": p, "role": process_role(p, root), "cpu_cores": round(c / wall, 3)} for p, c in per_process.items()
     ]
     view = server_view(before, after, sum(per_process.values()), wall, busy1 - busy0, processes,
-                       thread_split(root, threads0, threads1))
+                       thread_split(root, threads0, threads1), steps_metric,
+                       sum(thread_split(p, ort0.get(p, {}), ort1[p])["onnxruntime"] for p in ort1))
     # what neither the server nor the load generator used: other jobs on the machine (and the CLI's start-up)
     client_share = report["client_cpu_s"] / wall
     view["others_cores"] = round(max(0.0, view["machine_busy_cores"] - view["server_cpu_cores"] - client_share), 3)
@@ -351,11 +367,13 @@ def run_load(
     return report
 
 
-def wait_for_traffic(server: ServerProcess, client: subprocess.Popen[str], deadline: float) -> None:
-    """Return once the server has run a step (``lstm_serve_batch_size_count`` grew), the
-    client exited, or ``deadline`` passed."""
+def wait_for_traffic(
+    server: ServerProcess, client: subprocess.Popen[str], deadline: float, steps_metric: str = STEPS_METRIC,
+) -> None:
+    """Return once the server has answered a message (``steps_metric`` grew), the client
+    exited, or ``deadline`` passed."""
     def steps() -> float:
-        return metric_delta({}, scrape(server.metrics_url), "lstm_serve_batch_size_count").get("", 0.0)
+        return metric_delta({}, scrape(server.metrics_url), steps_metric).get("", 0.0)
 
     start = steps()
     while client.poll() is None and time.monotonic() < deadline and steps() == start:

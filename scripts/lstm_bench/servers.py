@@ -134,15 +134,85 @@ def echo_server() -> contextlib.AbstractContextManager[ServerProcess]:
     return run_server(cmd, None, None, WORK / "logs" / "echo-server.log", cwd=REPO, ready_timeout=120)
 
 
-async def serve_echo(port_file: str | None) -> None:
-    """A bytes-in, bytes-out unary RPC: the transport floor (no protobuf, no model).
+AUDIO_MODEL = "kws"
+AUDIO_RATE_HZ = 16_000
+ECHO_MESSAGES = "bench_echo_messages_total"
+"""The echo server's count of StreamPredict chunks answered (its /metrics)."""
 
-    The request carries the Predict request's payload; the reply is the first
+
+def _echo_stream_handlers(output_dim: int) -> Any:
+    """StreamPredict and GetModelMetadata of a model with no model behind them: the
+    stream transport floor. Every message is parsed and answered with protobuf, as
+    lstm-serve must, so the floor is a bare grpc.aio server of the same messages and
+    sizes, driven by the same load generator (``lstm-client bench``)."""
+    import grpc
+    import numpy as np
+    from prometheus_client import Counter
+
+    from lstm_client.client import to_tensor
+    from lstmserve.v1 import inference_pb2 as pb
+
+    answered = Counter(ECHO_MESSAGES.removesuffix("_total"), "StreamPredict chunks the echo server answered")
+    outputs: dict[int, pb.Tensor] = {}
+
+    def tensor(frames: int) -> pb.Tensor:
+        if frames not in outputs:
+            outputs[frames] = to_tensor(np.zeros((frames, output_dim), np.float32))
+        return outputs[frames]
+
+    async def metadata(request: pb.GetModelMetadataRequest, context: Any) -> pb.ModelMetadata:
+        meta = pb.ModelMetadata(
+            name=request.model.name, version="1", ready=True, input_kind=pb.INPUT_KIND_FEATURES, feature_dim=40,
+            frame_rate_hz=100.0, output_dim=output_dim, streamable=True,
+        )
+        if request.model.name == AUDIO_MODEL:
+            meta.input_kind = pb.INPUT_KIND_AUDIO
+            meta.audio.sample_rate_hz = AUDIO_RATE_HZ
+        return meta
+
+    async def stream(requests: Any, context: Any) -> Any:
+        async for request in requests:
+            kind = request.WhichOneof("message")
+            if kind == "config":
+                yield pb.StreamResponse(started=pb.Started(session_id="echo", model=request.config.model,
+                                                           frame_rate_hz=100.0))
+            elif kind == "chunk" and request.chunk.HasField("audio"):
+                # an audio stream's results carry events, not per-frame outputs (lstm-serve's default)
+                answered.inc()
+                frames = len(request.chunk.audio) * 100 // (2 * AUDIO_RATE_HZ)
+                yield pb.StreamResponse(result=pb.Result(sequence_number=request.chunk.sequence_number,
+                                                         frames=frames))
+            elif kind == "chunk":
+                frames = request.chunk.features.shape[0] if request.chunk.features.shape else 0
+                answered.inc()
+                yield pb.StreamResponse(result=pb.Result(
+                    sequence_number=request.chunk.sequence_number, frames=frames, outputs=tensor(frames)))
+            else:
+                yield pb.StreamResponse(final=pb.Final(session_id="echo"))
+                return
+
+    return grpc.method_handlers_generic_handler("lstmserve.v1.Inference", {
+        "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+            metadata, request_deserializer=pb.GetModelMetadataRequest.FromString,
+            response_serializer=pb.ModelMetadata.SerializeToString),
+        "StreamPredict": grpc.stream_stream_rpc_method_handler(
+            stream, request_deserializer=pb.StreamRequest.FromString,
+            response_serializer=pb.StreamResponse.SerializeToString),
+    })
+
+
+async def serve_echo(port_file: str | None, output_dim: int = 12) -> None:
+    """The transport floor in its own process, on any free loopback ports: a bytes-in,
+    bytes-out unary RPC (no protobuf, no model), and StreamPredict answered without a
+    model (:func:`_echo_stream_handlers`), with a /metrics endpoint counting its chunks.
+
+    The unary request carries the Predict request's payload; the reply is the first
     ``reply_bytes`` (4-byte little-endian prefix) bytes of it, the size of a Predict reply.
-    Binds any free port and writes ``{"port": P, "metrics_port": 0}`` to ``port_file``."""
+    Writes ``{"port": P, "metrics_port": M}`` to ``port_file``."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_health.v1.health import aio as health_aio
+    from prometheus_client import start_http_server
 
     async def echo(request: bytes, context: Any) -> bytes:
         size = int.from_bytes(request[:4], "little")
@@ -152,18 +222,20 @@ async def serve_echo(port_file: str | None) -> None:
     handler = grpc.method_handlers_generic_handler(
         "lstmserve.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
     )
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler, _echo_stream_handlers(output_dim)))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port("127.0.0.1:0")
+    metrics_http, _ = start_http_server(0, addr="127.0.0.1")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     if port_file:
         with open(port_file, "w") as out:
-            out.write(json.dumps({"port": port, "metrics_port": 0}) + "\n")
+            out.write(json.dumps({"port": port, "metrics_port": metrics_http.server_port}) + "\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop(0.5)
+    metrics_http.shutdown()

@@ -31,6 +31,7 @@ from lstm_serve.resume import ResumeTokens
 from lstm_serve.sessions import InMemorySessionStore, SessionStore
 from lstm_serve.settings import Settings
 from lstm_serve.statistics import StatsBook
+from lstm_serve.threads import EXECUTOR_THREAD_NAME, name_this_thread
 from lstm_serve.tokens import TokenSealer, load_keys
 from lstm_serve.transport import kserve_v2, lstmserve_v1
 from lstm_serve.transport.api import ApiService
@@ -116,7 +117,8 @@ class LstmServer:
         self.metrics.build.labels(__version__).set(1)
         self._model_gauges(repository)
         store = self._build_store(repository)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=EXECUTOR_THREAD_NAME,
+                                      initializer=name_this_thread, initargs=(EXECUTOR_THREAD_NAME,))
         stats = StatsBook()
         batchers = build_batchers(repository, executor, self.metrics, s.batching, stats)
         sealer = None
