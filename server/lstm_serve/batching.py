@@ -8,7 +8,8 @@ up to ``max_batch_size`` rows, waiting at most
 about one step each: at low load waiting only adds latency), groups them by length (steps of different
 lengths never share a call, so no padding ever touches a state), stacks each group
 along the batch axis, and runs one onnxruntime call per group on the executor thread.
-Results are split back and each waiter's future resolved.
+The executor thread also splits the results back into read-only per-step values, so
+the event loop only resolves each waiter's future.
 
 While a batch runs, new steps queue up, so batches grow with load on their own: at
 low load a step runs at once, at high load many sessions share each call.
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -89,7 +90,10 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._executor = executor
-        self._queue: asyncio.Queue[_Step] = asyncio.Queue(maxsize=max_queue)
+        self._queue: deque[_Step] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        """What the loop waits on while the queue is empty: a submit or the delay timer
+        resolves it (no task per wait, unlike ``asyncio.wait_for``)."""
         self._task: asyncio.Task[None] | None = None
         self._carry: _Step | None = None
         """A step taken from the queue that did not fit the batch being collected; it
@@ -119,8 +123,8 @@ class Batcher:
             self._task = None
         waiting = [self._carry] if self._carry is not None else []
         self._carry = None
-        while not self._queue.empty():
-            waiting.append(self._queue.get_nowait())
+        waiting.extend(self._queue)
+        self._queue.clear()
         for step in waiting:
             if not step.future.done():
                 step.future.set_exception(Draining("server is shutting down"))
@@ -144,17 +148,16 @@ class Batcher:
             raise Draining("server is shutting down; retry on another replica")
         if x.shape[0] > self.max_batch_size:
             raise ValueError(f"{x.shape[0]} rows exceed max_batch_size {self.max_batch_size}")
-        loop = asyncio.get_running_loop()
-        step = _Step(x, states, loop.create_future(), time.perf_counter())
-        try:
-            self._queue.put_nowait(step)
-        except asyncio.QueueFull:
+        if len(self._queue) >= self.max_queue:
             raise Overloaded(
                 f"model '{self.runtime.manifest.name}': batch queue is full ({self.max_queue} "
                 "steps waiting; LSTM_SERVE_BATCHING__MAX_QUEUE). Retry with backoff or add "
                 "replicas.",
                 retry_after_ms=QUEUE_FULL_PUSHBACK_MS,
-            ) from None
+            )
+        step = _Step(x, states, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._queue.append(step)
+        _resolve(self._wakeup)
         return await step.future
 
     async def _next_step(self, timeout: float | None) -> _Step | None:
@@ -163,20 +166,26 @@ class Batcher:
         if self._carry is not None:
             step, self._carry = self._carry, None
             return step
-        if not self._queue.empty():
-            return self._queue.get_nowait()
+        if self._queue:
+            return self._queue.popleft()
         if timeout is not None and timeout <= 0:
             return None
+        loop = asyncio.get_running_loop()
+        self._wakeup = wakeup = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, wakeup) if timeout is not None else None
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+        return self._queue.popleft() if self._queue else None
 
     async def _collect(self, first: _Step) -> list[_Step]:
         batch, rows = [first], first.rows
         deadline = first.enqueued + self.max_delay_s
         while rows < self.max_batch_size:
-            waiting = self._carry is not None or not self._queue.empty()
+            waiting = self._carry is not None or bool(self._queue)
             if not waiting and self._recent_batch < LONE_BATCH_THRESHOLD:
                 break
             step = await self._next_step(deadline - time.perf_counter() if not waiting else 0)
@@ -212,39 +221,48 @@ class Batcher:
             groups[step.x.shape[1]].append(step)
         for group in groups.values():
             try:
-                started = time.perf_counter()
-                for step in group:
-                    self._queue_wait.observe(started - step.enqueued)
-                    self._stats.queue.add(started - step.enqueued)
-                outputs, states, timing = await loop.run_in_executor(self._executor, self._run_group, group)
+                results, timing = await loop.run_in_executor(self._executor, self._run_group, group)
             except Exception as exc:
                 log.exception("batch of %d failed", len(group))
                 for step in group:
                     if not step.future.done():
                         step.future.set_exception(exc)
                 continue
-            splitting = time.perf_counter()
-            offset = 0
-            for step, own in zip(group, stacking.split(states, [s.rows for s in group]), strict=True):
-                end = offset + step.rows
+            for step, result in zip(group, results, strict=True):
                 if not step.future.done():
-                    step.future.set_result((outputs[offset:end] if len(group) > 1 else outputs, own))
-                offset = end
-            self._stats.executed([s.rows for s in group], *timing, time.perf_counter() - splitting)
+                    step.future.set_result(result)
+            self._stats.executed([s.rows for s in group], *timing)
 
-    def _run_group(self, group: list[_Step]) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float]]:
-        """Stack, run and time one same-length group (on the executor thread); the
-        seconds spent stacking and running."""
+    def _run_group(self, group: list[_Step]) -> tuple[list[StepResult], tuple[float, float, float]]:
+        """Stack, run, split and time one same-length group, on the executor thread,
+        so that the event loop only resolves the waiters: each step's outputs and its
+        own read-only states, and the seconds spent stacking, running and splitting."""
         stacking_started = time.perf_counter()
+        for step in group:
+            wait = stacking_started - step.enqueued
+            self._queue_wait.observe(wait)
+            self._stats.queue.add(wait)
         x = group[0].x if len(group) == 1 else np.concatenate([s.x for s in group])
         states = stacking.stack([s.states for s in group])
         started = time.perf_counter()
         outputs, new_states = self.runtime.run(x, states)
         seconds = time.perf_counter() - started
+        splitting = time.perf_counter()
+        results: list[StepResult] = []
+        offset = 0
+        for step, own in zip(group, stacking.split(new_states, [s.rows for s in group]), strict=True):
+            end = offset + step.rows
+            results.append((outputs[offset:end] if len(group) > 1 else outputs, own))
+            offset = end
         self._compute.observe(seconds)
         self._batch_size.observe(x.shape[0])
         self._frames.inc(x.shape[0] * x.shape[1])
-        return outputs, new_states, (started - stacking_started, seconds)
+        return results, (started - stacking_started, seconds, time.perf_counter() - splitting)
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def build_batcher(

@@ -32,14 +32,20 @@ def stack(parts: Sequence[States]) -> States:
 
 
 def split(states: States, sizes: Sequence[int]) -> list[States]:
-    """The inverse of :func:`stack`: each step's rows. Copies when there are several
-    steps, so that an idle session does not keep its whole batch alive."""
+    """The inverse of :func:`stack`: each step's rows, as read-only values that share
+    nothing with the batch (copies when there are several steps, so that an idle
+    session does not keep its whole batch alive). Run on the executor thread, this
+    is the only copy a step's states get."""
     if len(sizes) == 1:
-        return [states]
-    parts, offset = [], 0
-    for size in sizes:
-        parts.append([s[:, offset : offset + size].copy() for s in states])
-        offset += size
+        parts = [list(states)]
+    else:
+        parts, offset = [], 0
+        for size in sizes:
+            parts.append([s[:, offset : offset + size].copy() for s in states])
+            offset += size
+    for part in parts:
+        for array in part:
+            array.flags.writeable = False
     return parts
 
 

@@ -51,46 +51,90 @@ class _DrainSignal:
     closing: bool
 
 
+@dataclass(frozen=True)
+class _ReadFailed:
+    """Reading the client's next message raised ``error`` (a request that does not
+    convert, or the call going away)."""
+
+    error: BaseException
+
+
 class _Inbox:
-    """A stream's client messages, with the server's drain signals put first."""
+    """A stream's client messages, with the server's drain signals put first.
+
+    A reader task takes the client's messages one ahead: it reads the next one only
+    once the stream has taken the last, so gRPC's flow control still holds a client
+    that sends faster than its chunks are processed. A stream waiting for a message
+    waits on one future, which the message, a drain signal or the idle timeout
+    resolves (no task or ``asyncio.wait`` per message)."""
 
     def __init__(self, messages: AsyncIterator[StreamMessage], idle_timeout_s: float) -> None:
-        self._messages = messages
         self._timeout = idle_timeout_s if idle_timeout_s > 0 else None
-        self._next: asyncio.Future[StreamMessage] | None = None
         self._signals: deque[_DrainSignal] = deque()
-        self._wake = asyncio.Event()
+        self._arrived: deque[StreamMessage | _ReadFailed] = deque()
+        self._half_closed = False
+        self._waiter: asyncio.Future[bool] | None = None
+        self._taken: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._reader = self._loop.create_task(self._read(messages))
+
+    async def _read(self, messages: AsyncIterator[StreamMessage]) -> None:
+        try:
+            async for message in messages:
+                self._arrived.append(message)
+                self._wake(timed_out=False)
+                while self._arrived:
+                    self._taken = self._loop.create_future()
+                    await self._taken
+            self._half_closed = True
+        except Exception as exc:
+            self._arrived.append(_ReadFailed(exc))
+        self._wake(timed_out=False)
+
+    def _wake(self, *, timed_out: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(timed_out)
 
     def signal(self, signal: _DrainSignal) -> None:
         """Queue a drain signal ahead of any client message."""
         self._signals.append(signal)
-        self._wake.set()
+        self._wake(timed_out=False)
 
     async def get(self) -> StreamMessage | _DrainSignal | None:
         """The next signal or client message; None when the client half-closed."""
         while True:
             if self._signals:
-                self._wake.clear()
                 return self._signals.popleft()
-            if self._next is None:
-                self._next = asyncio.ensure_future(anext(self._messages))
-            wake: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
-            waiting: set[asyncio.Future[object]] = {self._next, wake}  # type: ignore[arg-type]
+            if self._arrived:
+                item = self._arrived.popleft()
+                if self._taken is not None and not self._taken.done():
+                    self._taken.set_result(None)
+                if isinstance(item, _ReadFailed):
+                    raise item.error
+                return item
+            if self._half_closed:
+                return None
+            self._waiter = waiter = self._loop.create_future()
+            timer = (
+                self._loop.call_later(self._timeout, self._wake_on_timeout, waiter)
+                if self._timeout is not None else None
+            )
             try:
-                done, _ = await asyncio.wait(waiting, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+                timed_out = await waiter
             finally:
-                wake.cancel()
-            if self._next in done:
-                arrived, self._next = self._next, None
-                try:
-                    return arrived.result()
-                except StopAsyncIteration:
-                    return None
-            if not done:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if timed_out:
                 raise DeadlineExceeded(
                     f"stream idle for {self._timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
                     "session state is kept for resume until its TTL"
                 )
+
+    @staticmethod
+    def _wake_on_timeout(waiter: asyncio.Future[bool]) -> None:
+        if not waiter.done():
+            waiter.set_result(True)
 
     async def get_message(self) -> StreamMessage | None:
         """The next client message, passing over signals."""
@@ -100,11 +144,10 @@ class _Inbox:
                 return item
 
     async def close(self) -> None:
-        """Stop waiting for the client."""
-        if self._next is not None:
-            self._next.cancel()
-            with contextlib.suppress(BaseException):
-                await self._next
+        """Stop reading the client."""
+        self._reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reader
 
 
 class StreamUseCase:

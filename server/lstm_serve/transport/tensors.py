@@ -3,6 +3,7 @@ an explicit shape, checked before anything iterates or allocates."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -14,9 +15,14 @@ from lstmserve.v1 import inference_pb2 as pb
 FLOAT32 = np.dtype("<f4")
 
 
+@functools.cache
+def _defined(enum: Any) -> frozenset[int]:
+    return frozenset(enum.values())
+
+
 def known_enum(enum: Any, value: int, field: str) -> int:
     """Refuse an enum value the proto does not define (proto3 keeps unknown ints)."""
-    if value not in enum.values():
+    if value not in _defined(enum):
         raise InvalidInput(
             f"{field}: unknown value {value}; expected one of {', '.join(enum.keys())}"
         )

@@ -201,7 +201,7 @@ def _event(event: Event) -> pb.Event:
 def stream_response(reply: StreamReply) -> pb.StreamResponse:
     """One domain stream reply as a protobuf message."""
     if isinstance(reply, ChunkResult):
-        result = pb.Result(
+        return pb.StreamResponse(result=pb.Result(
             sequence_number=reply.sequence_number,
             frame_offset=reply.frame_offset,
             frames=reply.frames,
@@ -209,10 +209,8 @@ def stream_response(reply: StreamReply) -> pb.StreamResponse:
             flush=reply.flush,
             events=[_event(e) for e in reply.events],
             resume_token=reply.resume_token,
-        )
-        if reply.outputs is not None:
-            result.outputs.CopyFrom(to_tensor(reply.outputs))
-        return pb.StreamResponse(result=result)
+            outputs=to_tensor(reply.outputs) if reply.outputs is not None else None,
+        ))
     if isinstance(reply, StreamStarted):
         return pb.StreamResponse(
             started=pb.Started(
