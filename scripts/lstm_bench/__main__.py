@@ -12,7 +12,8 @@ in the same run and compared as ratios:
     worktree of ``--base`` (default ``HEAD~1``) and from this working tree, interleaved;
 (f) per-message cost: server CPU per chunk split into onnxruntime and the rest, against
     the echo floor (a bare grpc.aio server of the same messages, same load), for the
-    reference model paced and saturated and for kws audio streams (``floor``).
+    reference model paced and saturated and for kws audio streams (``floor``);
+(g) scaling: ``--workers 1`` and ``--workers 2`` on a shared Redis store (``scaling``).
 
 For each of (b)-(d) it sweeps N paced streams with ``lstm-client bench`` in its own
 process, then one as-fast-as-possible saturation run, reading the batch sizes from the
@@ -45,7 +46,7 @@ from tqdm import tqdm
 
 from lstm_client.launch import ServerProcess
 
-from . import CHUNK_FRAMES, MODEL, REPO, SATURATION_STREAMS, WORK, log
+from . import CHUNK_FRAMES, MODEL, REPO, SATURATION_STREAMS, WORK, log, scaling
 from . import compare as comparison
 from . import floor as per_message
 from .measure import (
@@ -61,7 +62,7 @@ from .measure import (
 )
 from .profile import profile_during_load
 from .report import evaluate, summary, write_docs
-from .servers import ECHO_METHOD, SERVER_CONFIGS, echo_server, lstm_server, serve_echo
+from .servers import ECHO_METHOD, ECHO_ORT_METHOD, SERVER_CONFIGS, echo_server, lstm_server, serve_echo
 
 FULL_STREAMS = [1, 16, 64, 128, 256, 384]
 QUICK_STREAMS = [1, 16, 64]
@@ -90,10 +91,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-duration", type=float,
                         help="measured seconds per comparison point (default 4, quick 1.5)")
     parser.add_argument("--no-floor", action="store_true", help="skip (f), the per-message cost against the echo floor")
+    parser.add_argument("--no-scaling", action="store_true",
+                        help="skip (g), --workers 1 against --workers 2 on a shared Redis store (needs redis-server)")
     parser.add_argument("--floor-rounds", type=int, help="interleaved rounds of (f) (default 2, quick 1)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     known = {c.key for c in SERVER_CONFIGS}
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the docs."""
     args = parse_args(argv)
     if args.echo_server:
-        asyncio.run(serve_echo(args.port_file))
+        asyncio.run(serve_echo(args.port_file, args.echo_model))
         return 0
     if args.render is not None:
         rendered: dict[str, Any] = json.loads(args.render.read_text())
@@ -154,7 +158,8 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     package = ensure_model(args.models)
     floor_rounds = args.floor_rounds or (1 if quick else 2)
     total = (len(configs) * (len(streams) + 1) + int(profile) + (0 if args.no_compare else rounds * 2)
-             + (0 if args.no_floor else per_message.progress_points(floor_rounds, quick)))
+             + (0 if args.no_floor else per_message.progress_points(floor_rounds, quick))
+             + (0 if args.no_scaling else scaling.progress_points(quick)))
     with tqdm(total=total, desc="bench", unit="point", file=sys.stderr, disable=None, leave=False) as bar:
         log("(a) in-process onnxruntime")
         ort_seconds = 0.2 if quick else 0.6
@@ -169,16 +174,20 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
                             "executor_ms": per_message.executor_round_trip(unary_calls)}
         request = predict_request(rt1.manifest.input.feature_dim, 100)
         log("echo RPC (transport floor)")
-        with echo_server() as echo:
-            results["unary"]["echo_ms"] = unary_p50(
-                echo.target, ECHO_METHOD, echo_payload(request, rt1.manifest.output.dim, 100), unary_calls, echo=True
-            )
+        with echo_server(package) as echo:
+            payload = echo_payload(request, rt1.manifest.output.dim, 100)
+            results["unary"]["echo_ms"] = unary_p50(echo.target, ECHO_METHOD, payload, unary_calls, echo=True)
+            results["unary"]["echo_ort_ms"] = unary_p50(echo.target, ECHO_ORT_METHOD, payload, unary_calls, echo=True)
         results["servers"] = {}
         sweep(args, results, configs, streams, duration, warmup, profile, request, unary_calls, bar)
         if not args.no_floor:
             log(f"(f) per-message cost against the echo floor, {floor_rounds} interleaved round(s)")
             results["per_message"] = per_message.measure_floor(
                 args.models, duration, warmup, floor_rounds, quick, step=lambda: bar.update())
+        if not args.no_scaling:
+            log("(g) --workers 1 and 2 on a shared Redis store")
+            results["scaling"] = scaling.measure_scaling(args.models, duration, warmup, quick,
+                                                         step=lambda: bar.update())
         if not args.no_compare:
             log(f"(e) this working tree against {args.base}, {rounds} interleaved rounds")
             results["compare"] = comparison.run_comparison(

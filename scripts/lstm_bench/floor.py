@@ -60,7 +60,8 @@ def executor_round_trip(calls: int) -> dict[str, float]:
     return percentiles_ms(asyncio.run(measure()))
 
 
-def _cost(point: dict[str, Any]) -> dict[str, Any]:
+def cost_row(point: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one ``run_load`` point this section and ``scaling`` report."""
     s = point["server"]
     return {
         "streams": point["streams"], "realtime": point["realtime"], "frames_per_s": point["frames_per_s"],
@@ -107,9 +108,9 @@ def measure_floor(
         for r in range(rounds):
             for name, (n, realtime, model, extra) in loads.items():
                 server = audio if model == AUDIO_MODEL else lstm
-                lstm_points[name].append(_cost(run_load(server, n, duration, realtime, warmup, model=model,
+                lstm_points[name].append(cost_row(run_load(server, n, duration, realtime, warmup, model=model,
                                                         extra=extra)))
-                echo_points[name].append(_cost(run_load(echo, n, duration, realtime, warmup, model=model,
+                echo_points[name].append(cost_row(run_load(echo, n, duration, realtime, warmup, model=model,
                                                         extra=extra, steps_metric=ECHO_MESSAGES)))
                 log(f"  round {r + 1} {name}: lstm-serve non-ORT {lstm_points[name][-1]['non_ort_us_per_chunk']} "
                     f"µs/chunk (ORT {lstm_points[name][-1]['ort_thread_us_per_chunk']}), echo "
@@ -117,7 +118,7 @@ def measure_floor(
                 step()
         sweep = []
         for n in QUICK_AUDIO_STREAMS if quick else AUDIO_STREAMS:
-            point = _cost(run_load(audio, n, duration, True, warmup, model=AUDIO_MODEL,
+            point = cost_row(run_load(audio, n, duration, True, warmup, model=AUDIO_MODEL,
                                    extra=("--wav", str(AUDIO_WAV))))
             sweep.append(point)
             log(f"  kws audio N={n}: RT {point['realtime_fraction']} p99 {point['p99_ms']} ms, CPU "
@@ -141,12 +142,20 @@ def progress_points(rounds: int, quick: bool) -> int:
 
 
 def unary_floor(unary: dict[str, Any]) -> None:
-    """Predict p50 ÷ (echo + in-process ORT + executor round trip), per configuration."""
+    """Predict p50 against its floor, per configuration, two ways: the sum of the echo
+    RPC, in-process ORT and an executor round trip, each measured alone in a tight loop
+    (``floor_ms``), and the same three composed in one bare server, the echo RPC awaiting
+    the ORT call on an executor thread (``composed_floor_ms``). The composed floor also
+    pays what a sum of hot loops hides: the threads wake from idle around every call."""
     if "executor_ms" not in unary:
         return
     floor = unary["echo_ms"]["p50"] + unary["ort_ms"]["p50"] + unary["executor_ms"]["p50"]
     unary["floor_ms"] = round(floor, 4)
     unary["over_floor"] = {k: round(p["p50"] / floor, 3) for k, p in unary["predict_ms"].items()}
+    if "echo_ort_ms" in unary:
+        composed = unary["echo_ort_ms"]["p50"]
+        unary["composed_floor_ms"] = round(composed, 4)
+        unary["over_composed_floor"] = {k: round(p["p50"] / composed, 3) for k, p in unary["predict_ms"].items()}
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -161,15 +170,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": "; ".join(f"{k}: **{v:.2f}**" for k, v in ratios.items()),
             "met": bool(ratios) and max(ratios.values()) <= RATIO_TARGET,
         })
-    over = results.get("unary", {}).get("over_floor")
-    if over:
-        rows.append({
-            "figure": "Predict p50 ÷ (echo RPC + in-process ORT + executor round trip), B=1, T=100",
-            "target": f"<= {PREDICT_FLOOR_TARGET:g}",
-            "measured": ", ".join(f"**{v:.2f}** ({k})" for k, v in over.items()),
-            "met": min(over.values()) <= PREDICT_FLOOR_TARGET,
-        })
+    unary = results.get("unary", {})
+    for key, how in (("over_floor", "the sum of the three, each measured alone"),
+                     ("over_composed_floor", "the three composed in one bare server")):
+        over = unary.get(key)
+        if over:
+            rows.append({
+                "figure": f"Predict p50 ÷ floor (echo RPC + in-process ORT + executor round trip: {how}), B=1, T=100",
+                "target": f"<= {PREDICT_FLOOR_TARGET:g}",
+                "measured": ", ".join(f"**{v:.2f}** ({k})" for k, v in over.items()),
+                "met": min(over.values()) <= PREDICT_FLOOR_TARGET,
+            })
     return rows
+
+
+def table_head(*columns: str) -> list[str]:
+    """A markdown table's header and rule."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def _us(value: float | None) -> str:
@@ -188,9 +205,8 @@ def lines(results: dict[str, Any]) -> list[str]:
         "the onnxruntime call); *rest*: everything else (event loop, gRPC threads, audio front-end workers). "
         "*Echo*: a bare grpc.aio server parsing and answering the same StreamPredict messages with no model, "
         "driven by the same `lstm-client bench` load. The ratio is rest ÷ echo.", "",
-        "| load | lstm-serve CPU µs/chunk | ORT threads | rest | of which event loop | echo µs/message "
-        "| rest ÷ echo | batch | RT (lstm-serve / echo) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *table_head("load", "lstm-serve CPU µs/chunk", "ORT threads", "rest", "of which event loop",
+                    "echo µs/message", "rest ÷ echo", "batch", "RT (lstm-serve / echo)"),
     ]
     for name, row in floor["loads"].items():
         ours, echo = row["lstm_serve"], row["echo"]
@@ -204,9 +220,8 @@ def lines(results: dict[str, Any]) -> list[str]:
     out += [
         "", f"### kws audio streams (100 ms PCM16 chunks at 16 kHz from `{floor['audio_wav']}`, looped, paced)", "",
         "Held: p99 <= " f"{LATENCY_TARGET_MS:g} ms, no errors, >= {REALTIME_HELD:.0%} of real time.", "",
-        "| N | RT | p99 ms | errors | CPU µs/chunk | ORT threads | rest | event loop | other threads | srv cores "
-        "| held |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *table_head("N", "RT", "p99 ms", "errors", "CPU µs/chunk", "ORT threads", "rest", "event loop",
+                    "other threads", "srv cores", "held"),
     ]
     for p in floor["audio_sweep"]:
         held = (p["p99_ms"] is not None and p["p99_ms"] <= LATENCY_TARGET_MS and not p["errors"]

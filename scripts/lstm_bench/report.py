@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import LATENCY_TARGET_MS, REALTIME_HELD, SATURATION_STREAMS
+from . import LATENCY_TARGET_MS, REALTIME_HELD, SATURATION_STREAMS, scaling
 from . import floor as per_message
 from .plots import plot
 
@@ -185,6 +185,7 @@ def render_block(results: dict[str, Any], images: list[str]) -> str:
                   for r in results["targets"]]
         lines += [""]
     lines += per_message.lines(results)
+    lines += scaling.lines(results)
     if results.get("servers"):
         lines += _streams_lines(results)
     if results.get("ort"):
@@ -268,6 +269,7 @@ def _unary_lines(u: dict[str, Any]) -> list[str]:
     rows = [("echo RPC (bare grpc.aio server, same sizes)", u.get("echo_ms")),
             ("in-process onnxruntime", u.get("ort_ms")),
             ("executor round trip (a no-op on a one-thread pool)", u.get("executor_ms")),
+            ("echo RPC awaiting the same ORT call on an executor thread (composed floor)", u.get("echo_ort_ms")),
             *((f"Predict, {k}", p) for k, p in u["predict_ms"].items())]
     lines += [f"| {name} | {p['p50']:.3f} | {p['p95']:.3f} | {p['p99']:.3f} |" for name, p in rows if p]
     if u.get("overhead_ms"):
@@ -276,6 +278,11 @@ def _unary_lines(u: dict[str, Any]) -> list[str]:
     if u.get("over_floor"):
         lines += ["", f"Floor = echo + ORT + executor round trip = {u['floor_ms']:.3f} ms; Predict p50 ÷ floor: "
                   + ", ".join(f"**{v:.2f}** ({k})" for k, v in u["over_floor"].items()) + "."]
+    if u.get("over_composed_floor"):
+        lines += ["", f"Composed floor (the three in one bare server) = {u['composed_floor_ms']:.3f} ms; Predict p50 ÷ "
+                  "composed floor: " + ", ".join(f"**{v:.2f}** ({k})" for k, v in u["over_composed_floor"].items())
+                  + ". The composed floor is higher than the sum because the event loop and the executor thread "
+                  "sleep while onnxruntime runs and must wake again; each part alone is measured hot."]
     return [*lines, ""]
 
 

@@ -29,6 +29,9 @@ from lstm_client.launch import ServerProcess, run_server
 from . import REPO, WORK
 
 ECHO_METHOD = "/lstmserve.bench.Echo/Echo"
+ECHO_ORT_METHOD = "/lstmserve.bench.Echo/EchoOrt"
+"""The echo RPC that also runs the model once (B=1, T=100) on a one-thread executor:
+the unary floor measured as one bare server, not as a sum of parts measured apart."""
 ENTRY = REPO / "scripts" / "bench.py"
 
 
@@ -128,9 +131,10 @@ def lstm_server(
                       env=code.env, cwd=code.root, ready_timeout=120)
 
 
-def echo_server() -> contextlib.AbstractContextManager[ServerProcess]:
-    """The bare grpc.aio echo server (with a health service) in its own process."""
-    cmd = [sys.executable, str(ENTRY), "--echo-server"]
+def echo_server(package: Path | None = None) -> contextlib.AbstractContextManager[ServerProcess]:
+    """The bare grpc.aio echo server (with a health service) in its own process; with
+    ``package`` (a model version's directory) it also serves ``ECHO_ORT_METHOD``."""
+    cmd = [sys.executable, str(ENTRY), "--echo-server", *(["--echo-model", str(package)] if package else [])]
     return run_server(cmd, None, None, WORK / "logs" / "echo-server.log", cwd=REPO, ready_timeout=120)
 
 
@@ -201,10 +205,35 @@ def _echo_stream_handlers(output_dim: int) -> Any:
     })
 
 
-async def serve_echo(port_file: str | None, output_dim: int = 12) -> None:
+def _echo_ort(package: Path) -> Any:
+    """``ECHO_ORT_METHOD``'s behaviour: the echo, after one in-process onnxruntime call
+    of a fixed ``[1, 100, feature_dim]`` input on a one-thread executor (the server's
+    own ``ModelRuntime`` and thread settings), awaited from the event loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from lstm_serve.manifest import load_manifest
+    from lstm_serve.runtime import ModelRuntime
+
+    runtime = ModelRuntime(load_manifest(package), package, ["CPUExecutionProvider"], 1, 1)
+    x = np.random.default_rng(1).standard_normal((1, 100, runtime.manifest.input.feature_dim)).astype(np.float32)
+    states = runtime.zero_states(1)
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    async def echo_ort(request: bytes, context: Any) -> bytes:
+        await asyncio.get_running_loop().run_in_executor(pool, runtime.run, x, states)
+        size = int.from_bytes(request[:4], "little")
+        return request[4 : 4 + size]
+
+    return echo_ort
+
+
+async def serve_echo(port_file: str | None, package: Path | None = None, output_dim: int = 12) -> None:
     """The transport floor in its own process, on any free loopback ports: a bytes-in,
     bytes-out unary RPC (no protobuf, no model), and StreamPredict answered without a
-    model (:func:`_echo_stream_handlers`), with a /metrics endpoint counting its chunks.
+    model (:func:`_echo_stream_handlers`), with a /metrics endpoint counting its chunks;
+    with ``package``, also the echo after one model call (:func:`_echo_ort`).
 
     The unary request carries the Predict request's payload; the reply is the first
     ``reply_bytes`` (4-byte little-endian prefix) bytes of it, the size of a Predict reply.
@@ -219,9 +248,10 @@ async def serve_echo(port_file: str | None, output_dim: int = 12) -> None:
         return request[4 : 4 + size]
 
     server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "lstmserve.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    methods = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    if package is not None:
+        methods["EchoOrt"] = grpc.unary_unary_rpc_method_handler(_echo_ort(package))
+    handler = grpc.method_handlers_generic_handler("lstmserve.bench.Echo", methods)
     server.add_generic_rpc_handlers((handler, _echo_stream_handlers(output_dim)))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -90,7 +90,8 @@ def server(env: dict[str, str] | None = None, args: list[str] | None = None) -> 
 
 
 @contextlib.contextmanager
-def redis() -> Iterator[int]:
+def redis() -> Iterator[tuple[int, int]]:
+    """A throwaway redis-server on loopback, ready: its port and pid."""
     port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -103,7 +104,7 @@ def redis() -> Iterator[int]:
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -192,7 +193,7 @@ def measure(streams: int, chunks: int, calls: int) -> dict[str, Any]:
         stream_cpu(memory, 2, 50)
         results["stream_memory_us"] = stream_cpu(memory, streams, chunks)
     log("Redis store: two replicas")
-    with redis() as port:
+    with redis() as (port, _):
         url = {"LSTM_SERVE_SESSIONS__STORE_URL": f"redis://127.0.0.1:{port}/0"}
         with server(env=url) as a, server(env=url) as b:
             predict_latency([a, b], 20, "warm-up")

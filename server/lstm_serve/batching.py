@@ -12,7 +12,8 @@ The executor thread also splits the results back into read-only per-step values,
 the event loop only resolves each waiter's future.
 
 While a batch runs, new steps queue up, so batches grow with load on their own: at
-low load a step runs at once, at high load many sessions share each call.
+low load a step runs at once, straight from its caller when the batcher is idle (no
+hop through the batcher's task), at high load many sessions share each call.
 
 - The queue is bounded: a full queue refuses new steps with :class:`Overloaded`.
 - There is no polling: the loop sleeps on the queue and on the delay timer only.
@@ -99,6 +100,10 @@ class Batcher:
         """A step taken from the queue that did not fit the batch being collected; it
         opens the next one."""
         self._closed = False
+        self._busy = False
+        """A batch (or a lone step) is being collected or run: a new step queues."""
+        self._idle: asyncio.Future[None] | None = None
+        """What the loop waits on while a lone step runs (:meth:`_run_alone`)."""
         self._recent_batch = 1.0
         name, version = runtime.manifest.name, runtime.manifest.version
         self._queue_wait = metrics.queue_wait.labels(name, version)
@@ -155,10 +160,37 @@ class Batcher:
                 "replicas.",
                 retry_after_ms=QUEUE_FULL_PUSHBACK_MS,
             )
-        step = _Step(x, states, asyncio.get_running_loop().create_future(), time.perf_counter())
+        loop = asyncio.get_running_loop()
+        step = _Step(x, states, loop.create_future(), time.perf_counter())
+        if self._lone_runs_now():
+            return await self._run_alone(loop, step)
         self._queue.append(step)
         _resolve(self._wakeup)
         return await step.future
+
+    def _lone_runs_now(self) -> bool:
+        return (
+            self._task is not None and not self._busy and not self._queue and self._carry is None
+            and self._recent_batch < LONE_BATCH_THRESHOLD
+        )
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, step: _Step) -> StepResult:
+        """Run a step that finds the batcher idle at low load straight from its caller:
+        the batch it would form holds it alone, and this saves the two hops through the
+        batcher's task (there and back). Steps that arrive meanwhile queue, and the loop
+        collects them once this one is done, as after any batch."""
+        self._busy = True
+        try:
+            results, timing = await loop.run_in_executor(self._executor, self._run_group, [step])
+        except Exception:
+            log.exception("batch of 1 failed")
+            raise
+        finally:
+            self._busy = False
+            _resolve(self._idle)
+        self._recent_batch += BATCH_SIZE_SMOOTHING * (step.rows - self._recent_batch)
+        self._stats.executed([step.rows], *timing)
+        return results[0]
 
     async def _next_step(self, timeout: float | None) -> _Step | None:
         """The carried-over step, else the next queued one, waiting at most ``timeout``
@@ -204,6 +236,13 @@ class Batcher:
             assert first is not None
             collected = [first]
             try:
+                while self._busy:
+                    self._idle = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._idle
+                    finally:
+                        self._idle = None
+                self._busy = True
                 collected = await self._collect(first)
                 rows = sum(s.rows for s in collected)
                 self._recent_batch += BATCH_SIZE_SMOOTHING * (rows - self._recent_batch)
@@ -213,6 +252,8 @@ class Batcher:
                     if not step.future.done():
                         step.future.set_exception(Draining("server is shutting down"))
                 raise
+            finally:
+                self._busy = False
 
     async def _execute(self, batch: list[_Step]) -> None:
         loop = asyncio.get_running_loop()

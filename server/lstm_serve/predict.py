@@ -82,8 +82,9 @@ def check_rows(request: PredictInput, manifest: Manifest, max_frames: int) -> No
             f"{field(longest)}: {lengths[longest]} frames exceed the limit of {max_frames} per chunk or "
             "sequence (LSTM_SERVE_SESSIONS__MAX_CHUNK_FRAMES); split it"
         )
-    finite = np.isfinite(features).all(axis=2)
-    if not finite.all():
+    if not np.isfinite(features).all():
+        # padding past a row's length may hold anything: only a bad value inside counts
+        finite = np.isfinite(features).all(axis=2)
         bad = np.argwhere(~finite & (np.arange(features.shape[1]) < lengths[:, np.newaxis]))
         if bad.size:
             row, frame = (int(v) for v in bad[0])

@@ -97,3 +97,34 @@ def test_full_queue_is_refused(fixture_models: FixtureModels) -> None:
     done = asyncio.run(scenario())
     assert [type(d) for d in done[4:]] == [Overloaded, Overloaded]
     assert "MAX_QUEUE" in str(done[4])
+
+
+def test_a_lone_step_runs_from_its_caller_and_steps_arriving_meanwhile_share_the_next_call(
+    fixture_models: FixtureModels,
+) -> None:
+    runtime = _runtime(fixture_models, "lstm")
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((2, FEATURE_DIM)).astype(np.float32) for _ in range(6)]
+
+    async def scenario() -> tuple[list[Any], float, float]:
+        with ThreadPoolExecutor(1) as executor:
+            batcher, metrics = _batcher(runtime, executor)
+            batcher.start()
+            lone = asyncio.ensure_future(batcher.submit(xs[0], runtime.zero_states(1)))
+            await asyncio.sleep(0)  # the lone step is now on the executor
+            rest = [asyncio.ensure_future(batcher.submit(x, runtime.zero_states(1))) for x in xs[1:]]
+            results = await asyncio.gather(lone, *rest)
+            await batcher.close()
+        labels = {"model": "lstm", "version": "1"}
+        calls = metrics.registry.get_sample_value("lstm_serve_batch_size_count", labels) or 0.0
+        rows = metrics.registry.get_sample_value("lstm_serve_batch_size_sum", labels) or 0.0
+        return results, calls, rows
+
+    results, calls, rows = asyncio.run(scenario())
+    assert (calls, rows) == (2.0, 6.0), "one lone call, then one call for the five that queued meanwhile"
+    for x, (out, states) in zip(xs, results, strict=True):
+        want_out, want_states = runtime.run(x[np.newaxis], runtime.zero_states(1))
+        np.testing.assert_allclose(out, want_out[0], atol=1e-6)
+        for got, want in zip(states, want_states, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+            assert not got.flags.writeable

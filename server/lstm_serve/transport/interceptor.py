@@ -131,6 +131,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._prefixes = tuple(f"/{name}/" for name in metered)
         self._authenticator = authenticator
         self._open = tuple(f"/{name}/" for name in open_services)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        """Each method's handler and its wrapped one, built on the method's first call
+        (a registered method's handler is the same object on every call)."""
 
     def _record(
         self, method: str | None, started: float, code: grpc.StatusCode, principal: auth.Principal | None
@@ -181,6 +184,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         full_method: str = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(full_method, handler)
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         method = next(
             (full_method.removeprefix(p) for p in self._prefixes if full_method.startswith(p)), None
         )
