@@ -36,6 +36,7 @@ import math
 import resource
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -73,6 +74,7 @@ examples:
   lstm-client --target 10.0.0.5:50051 bench reference --streams 256 --realtime --json
   lstm-client bench reference --streams 64 --duration 5            # saturation
   lstm-client bench har --mode predict --streams 8 --chunk-frames 100 --json
+  lstm-client bench har --mode predict --session --streams 16 --chunk-frames 10   # stateful Predict
   lstm-client bench kws --streams 64 --realtime --chunk-ms 100 --wav demo/demo1.wav
 
 exit code: 0 when no call failed, 1 when some did (the report is printed either way).
@@ -100,6 +102,8 @@ class BenchConfig:
     """Audio per chunk, for an audio model."""
     wav: str = ""
     """A WAV file whose audio the chunks are cut from (looped), for an audio model."""
+    session: bool = False
+    """Predict mode: each caller continues its own session (``session_id``)."""
 
 
 @dataclass
@@ -311,14 +315,19 @@ async def _predict_worker(
     stub: pb_grpc.InferenceStub, cfg: BenchConfig, payloads: _Payloads, stats: _Stats,
     pace: float, first_due: float, stop_at: float,
 ) -> None:
-    """One unary caller: a whole ``[K, F]`` sequence per call, no session."""
+    """One unary caller: a whole ``[K, F]`` sequence per call; with ``cfg.session``,
+    each call continues the caller's own server-side session (stateful Predict)."""
     due = first_due
     i = 0
+    requests = payloads.predicts
+    if cfg.session:
+        session_id = f"bench-{uuid.uuid4().hex[:16]}"
+        requests = [pb.PredictRequest(model=r.model, features=r.features, session_id=session_id) for r in requests]
     while due < stop_at:
         due = await _wait_until_due(due, pace, stats)
         stats.sent += 1
         try:
-            await stub.Predict(payloads.predicts[i % len(payloads.predicts)], timeout=cfg.drain_s + 30)
+            await stub.Predict(requests[i % len(requests)], timeout=cfg.drain_s + 30)
             stats.answered(due, time.perf_counter(), cfg.chunk_frames)
         except grpc.aio.AioRpcError as exc:
             stats.error(exc, time.perf_counter())
@@ -366,6 +375,7 @@ async def run_bench(
     return {
         "model": cfg.model,
         "mode": cfg.mode,
+        "session": cfg.session,
         "realtime": cfg.realtime,
         "streams": cfg.streams,
         "chunk_frames": cfg.chunk_frames,
@@ -433,11 +443,15 @@ def cmd_bench(client: LstmClient, args: argparse.Namespace) -> int:
     if args.mode == "stream" and not meta["streamable"]:
         print(f"error: model '{args.name}' does not stream; use --mode predict", file=sys.stderr)
         return 2
+    if args.session and args.mode != "predict":
+        print("error: --session goes with --mode predict (a stream always has its session)", file=sys.stderr)
+        return 2
     frame_rate = float(meta["frame_rate_hz"]) or 100.0
     cfg = BenchConfig(
         model=args.name, version=args.version, streams=args.streams, duration_s=args.duration,
         chunk_frames=args.chunk_frames, realtime=args.realtime, mode=args.mode, warmup_s=args.warmup,
         channels=args.channels, seed=args.seed, chunk_ms=args.chunk_ms, wav=args.wav or "",
+        session=args.session,
     )
     audio = None
     if meta["input_kind"] == "audio":
@@ -490,6 +504,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--mode", choices=("stream", "predict"), default="stream",
                    help="stream: StreamPredict, state carried across chunks; predict: one unary Predict "
                    "per chunk, no session (default stream)")
+    p.add_argument("--session", action="store_true",
+                   help="with --mode predict: each caller continues its own server-side session (stateful "
+                   "Predict with session_id); default: stateless calls")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="seconds run before the measured window, not counted (default 1)")
     p.add_argument("--channels", type=int, default=0,

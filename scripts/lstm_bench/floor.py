@@ -34,6 +34,11 @@ from .measure import percentiles_ms, run_load
 from .servers import AUDIO_MODEL, ECHO_MESSAGES, ServerConfig, echo_server, lstm_server
 
 PACED_STREAMS = 64
+BUNDLED_FEATURE_MODELS = ("har", "har-gru", "forecast")
+"""The bundled sensor models (10 Hz): 10-frame chunks are 1 s of signal."""
+BUNDLED_STREAMS = 256
+PREDICT_CALLERS = 16
+"""Callers of the stateful Predict load, each continuing its own session, 10 frames a call."""
 AUDIO_STREAMS = [16, 64, 128, 256]
 QUICK_AUDIO_STREAMS = [16, 64]
 AUDIO_WAV = REPO / "demo" / "demo1.wav"
@@ -71,7 +76,7 @@ def cost_row(point: dict[str, Any]) -> dict[str, Any]:
         "event_loop_us_per_chunk": s["threads_us_per_chunk"].get("event_loop"),
         "other_threads_us_per_chunk": s["threads_us_per_chunk"].get("other"),
         "server_cpu_cores": s["server_cpu_cores"], "others_cores": s["others_cores"],
-        "mean_batch": s["mean_batch"],
+        "mean_batch": s["mean_batch"], "store_ops_per_chunk": s.get("store_ops_per_chunk"),
     }
 
 
@@ -116,6 +121,16 @@ def measure_floor(
                     f"µs/chunk (ORT {lstm_points[name][-1]['ort_thread_us_per_chunk']}), echo "
                     f"{echo_points[name][-1]['cpu_us_per_chunk']} µs/message")
                 step()
+        predict = cost_row(run_load(lstm, PREDICT_CALLERS, duration, False, warmup,
+                                    extra=("--mode", "predict", "--session")))
+        log(f"  stateful Predict, {PREDICT_CALLERS} callers: {predict['frames_per_s'] / 10:.0f} calls/s, CPU "
+            f"{predict['cpu_us_per_chunk']} µs/call")
+        step()
+        bundled = {}
+        for name in BUNDLED_FEATURE_MODELS:
+            bundled[name] = cost_row(run_load(audio, BUNDLED_STREAMS, duration, True, warmup, model=name))
+            log(f"  {name}: {BUNDLED_STREAMS} paced streams, CPU {bundled[name]['cpu_us_per_chunk']} µs/chunk")
+            step()
         sweep = []
         for n in QUICK_AUDIO_STREAMS if quick else AUDIO_STREAMS:
             point = cost_row(run_load(audio, n, duration, True, warmup, model=AUDIO_MODEL,
@@ -132,13 +147,14 @@ def measure_floor(
             "ratio": round(ours["non_ort_us_per_chunk"] / floor["cpu_us_per_chunk"], 3)
             if ours["non_ort_us_per_chunk"] and floor["cpu_us_per_chunk"] else None,
         }
-    return {"rounds": rounds, "duration_s": duration, "loads": rows, "audio_sweep": sweep,
+    return {"rounds": rounds, "duration_s": duration, "loads": rows, "audio_sweep": sweep, "stateful_predict": predict,
+            "bundled": bundled,
             "audio_wav": str(AUDIO_WAV.relative_to(REPO))}
 
 
 def progress_points(rounds: int, quick: bool) -> int:
     """The progress-bar points :func:`measure_floor` steps through."""
-    return 3 * rounds + len(QUICK_AUDIO_STREAMS if quick else AUDIO_STREAMS)
+    return 3 * rounds + 1 + len(BUNDLED_FEATURE_MODELS) + len(QUICK_AUDIO_STREAMS if quick else AUDIO_STREAMS)
 
 
 def unary_floor(unary: dict[str, Any]) -> None:
@@ -184,6 +200,33 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+PLANNED_UTILIZATION = 0.6
+"""Share of a core planned for, as the soak's load point: headroom for bursts and a lost replica."""
+
+
+def capacity_lines(floor: dict[str, Any]) -> list[str]:
+    """Streams per core for each model measured, from its CPU per chunk."""
+    rows: list[tuple[str, float, dict[str, Any]]] = [
+        ("reference (features)", 0.1, floor["loads"][f"paced {PACED_STREAMS}"]["lstm_serve"]),
+        ("kws (16 kHz audio)", 0.1, floor["loads"][f"kws audio, paced {PACED_STREAMS}"]["lstm_serve"]),
+        *((name, 1.0, point) for name, point in floor.get("bundled", {}).items()),
+    ]
+    out = ["", "### Capacity planning: streams per core", "",
+           f"Streams per core = 1,000,000 µs ÷ (CPU µs per chunk x chunks per second a stream sends) x "
+           f"{PLANNED_UTILIZATION:g} (planned utilization). The sensor models run at 10 Hz, so a 10-frame chunk is "
+           "1 s of signal. One worker process tops out near one core of event loop: add `--workers`, one per core.",
+           "", *table_head("model", "chunk", "measured at", "CPU µs/chunk", "of which executor thread",
+                           "streams per core at 100 %", f"streams per core at {PLANNED_UTILIZATION:.0%}")]
+    for name, chunk_s, point in rows:
+        cpu = point["cpu_us_per_chunk"]
+        if not cpu:
+            continue
+        full = 1e6 / cpu * chunk_s
+        out.append(f"| {name} | {chunk_s * 1000:g} ms | {point['streams']} paced streams | {cpu:.0f} | "
+                   f"{_us(point['ort_thread_us_per_chunk'])} | {full:.0f} | **{full * PLANNED_UTILIZATION:.0f}** |")
+    return out
+
+
 def table_head(*columns: str) -> list[str]:
     """A markdown table's header and rule."""
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -201,8 +244,9 @@ def lines(results: dict[str, Any]) -> list[str]:
     out = [
         "## CPU per chunk against the echo floor", "",
         f"Server CPU per message from /proc, medians of {floor['rounds']} interleaved round(s) of "
-        f"{floor['duration_s']:g} s. *ORT threads*: the threads named `onnxruntime` (the executor: stacking and "
-        "the onnxruntime call); *rest*: everything else (event loop, gRPC threads, audio front-end workers). "
+        f"{floor['duration_s']:g} s. *ORT threads*: the threads named `onnxruntime` (the executor: stacking, the "
+        "onnxruntime call, and for audio the front-end and the spotter, which run there in the same hop); *rest*: "
+        "everything else (the event loop, gRPC's threads). "
         "*Echo*: a bare grpc.aio server parsing and answering the same StreamPredict messages with no model, "
         "driven by the same `lstm-client bench` load. The ratio is rest ÷ echo.", "",
         *table_head("load", "lstm-serve CPU µs/chunk", "ORT threads", "rest", "of which event loop",
@@ -217,6 +261,14 @@ def lines(results: dict[str, Any]) -> list[str]:
             f"{_us(echo['cpu_us_per_chunk'])} | {ratio} | {ours['mean_batch']} | "
             f"{ours['realtime_fraction']} / {echo['realtime_fraction']} |"
         )
+    out += capacity_lines(floor)
+    predict = floor.get("stateful_predict")
+    if predict:
+        out += ["", f"Stateful Predict ({PREDICT_CALLERS} callers as fast as possible, each continuing its own "
+                f"session, 10 frames a call, in-memory store): {predict['frames_per_s'] / 10:.0f} calls/s, server CPU "
+                f"**{_us(predict['cpu_us_per_chunk'])} µs per call** (executor thread "
+                f"{_us(predict['ort_thread_us_per_chunk'])}, rest {_us(predict['non_ort_us_per_chunk'])}), mean batch "
+                f"{predict['mean_batch']}."]
     out += [
         "", f"### kws audio streams (100 ms PCM16 chunks at 16 kHz from `{floor['audio_wav']}`, looped, paced)", "",
         "Held: p99 <= " f"{LATENCY_TARGET_MS:g} ms, no errors, >= {REALTIME_HELD:.0%} of real time.", "",

@@ -276,6 +276,7 @@ def server_view(
     compute_s = metric_delta(before, after, "lstm_serve_compute_seconds_sum").get("", 0.0)
     queue_n = metric_delta(before, after, "lstm_serve_queue_wait_seconds_count").get("", 0.0)
     queue_s = metric_delta(before, after, "lstm_serve_queue_wait_seconds_sum").get("", 0.0)
+    store_ops = metric_delta(before, after, "lstm_serve_store_op_seconds_count").get("", 0.0)
     edges = sorted((float(le), n) for le, n in buckets.items() if le and le != "+Inf")
     histogram, previous = {}, 0.0
     for edge, cumulative in edges:
@@ -298,6 +299,8 @@ def server_view(
         "server_cpu_s": round(cpu_s, 3),
         "server_cpu_cores": round(cpu_s / wall_s, 3) if wall_s else None,
         "cpu_us_per_chunk": per_step(cpu_s),
+        "store_ops": int(store_ops),
+        "store_ops_per_chunk": round(store_ops / steps, 4) if steps else None,
         "ort_thread_us_per_chunk": per_step(ort_thread_s) if ort_thread_s is not None else None,
         "non_ort_us_per_chunk": per_step(cpu_s - ort_thread_s) if ort_thread_s is not None else None,
         "compute_us_per_chunk": per_step(compute_s),

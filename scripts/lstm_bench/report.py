@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import LATENCY_TARGET_MS, REALTIME_HELD, SATURATION_STREAMS, scaling
+from . import LATENCY_TARGET_MS, REALTIME_HELD, SATURATION_STREAMS, scale, scaling
 from . import floor as per_message
 from .plots import plot
 
@@ -315,6 +315,7 @@ def write_docs(results: dict[str, Any], docs: Path, *, plots: bool = True) -> Pa
     path = docs / "benchmarks.md"
     current = path.read_text() if path.is_file() else "# Benchmarks\n"
     path.write_text(replace_block(current, render_block(results, images)))
+    scale.write(results, docs)
     return path
 
 

@@ -2,14 +2,14 @@
 
 Each model version has one :class:`Batcher`. Callers submit *steps*: the frames of
 one or more sequences of the same length ``[rows, time, feature_dim]`` plus their
-recurrent states (each ``[layers, rows, hidden]``). The batcher collects pending steps
-up to ``max_batch_size`` rows, waiting at most
-``max_delay`` counted from the first step (but not at all while recent batches held
-about one step each: at low load waiting only adds latency), groups them by length (steps of different
-lengths never share a call, so no padding ever touches a state), stacks each group
-along the batch axis, and runs one onnxruntime call per group on the executor thread.
-The executor thread also splits the results back into read-only per-step values, so
-the event loop only resolves each waiter's future.
+recurrent states (each ``[layers, rows, hidden]``), or, for a stream with a front-end,
+the function that makes its frames and the one that takes its outputs. The batcher
+collects pending steps up to ``max_batch_size`` rows, waiting at most ``max_delay``
+counted from the first step (but not at all while recent batches held about one step
+each: at low load waiting only adds latency), and hands the batch to the executor
+thread in one hop (:mod:`lstm_serve.batch_job`): front-ends, one onnxruntime call per
+group of equal length, read-only per-step states, spotters. The event loop only
+resolves each waiter's future.
 
 While a batch runs, new steps queue up, so batches grow with load on their own: at
 low load a step runs at once, straight from its caller when the batcher is idle (no
@@ -17,7 +17,7 @@ hop through the batcher's task), at high load many sessions share each call.
 
 - The queue is bounded: a full queue refuses new steps with :class:`Overloaded`.
 - There is no polling: the loop sleeps on the queue and on the delay timer only.
-- When a call fails, every waiter of that batch gets the error.
+- When a call fails, every waiter of that group gets the error.
 - With batching disabled (``max_batch_size=1``) every step runs alone: the baseline.
 """
 
@@ -27,13 +27,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict, deque
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from lstm_serve import stacking
+from lstm_serve.batch_job import BatchJob, PreparedResult, Step, StepResult
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import Draining, Overloaded
 from lstm_serve.metrics import Metrics
@@ -44,8 +45,6 @@ from lstm_serve.statistics import ModelStats, StatsBook
 
 log = logging.getLogger(__name__)
 
-StepResult = tuple[np.ndarray, list[np.ndarray]]
-
 LONE_BATCH_THRESHOLD = 1.5
 """While recent batches average fewer steps than this, a step that finds the queue
 empty runs at once instead of waiting ``max_delay`` for company that is not coming."""
@@ -55,20 +54,6 @@ QUEUE_FULL_PUSHBACK_MS = 50
 
 BATCH_SIZE_SMOOTHING = 0.2
 """Weight of the newest batch in the moving average of batch sizes."""
-
-
-@dataclass(slots=True)
-class _Step:
-    x: np.ndarray
-    """``[rows, time, feature_dim]``."""
-    states: list[np.ndarray]
-    """Each ``[layers, rows, hidden]``."""
-    future: asyncio.Future[StepResult]
-    enqueued: float
-
-    @property
-    def rows(self) -> int:
-        return int(self.x.shape[0])
 
 
 class Batcher:
@@ -87,16 +72,17 @@ class Batcher:
     ) -> None:
         self.runtime = runtime
         self._stats = stats if stats is not None else ModelStats()
+        self._job = BatchJob(runtime, metrics, self._stats)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._executor = executor
-        self._queue: deque[_Step] = deque()
+        self._queue: deque[Step] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         """What the loop waits on while the queue is empty: a submit or the delay timer
         resolves it (no task per wait, unlike ``asyncio.wait_for``)."""
         self._task: asyncio.Task[None] | None = None
-        self._carry: _Step | None = None
+        self._carry: Step | None = None
         """A step taken from the queue that did not fit the batch being collected; it
         opens the next one."""
         self._closed = False
@@ -105,11 +91,6 @@ class Batcher:
         self._idle: asyncio.Future[None] | None = None
         """What the loop waits on while a lone step runs (:meth:`_run_alone`)."""
         self._recent_batch = 1.0
-        name, version = runtime.manifest.name, runtime.manifest.version
-        self._queue_wait = metrics.queue_wait.labels(name, version)
-        self._compute = metrics.compute.labels(name, version)
-        self._batch_size = metrics.batch_size.labels(name, version)
-        self._frames = metrics.frames.labels(name, version)
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
@@ -149,10 +130,31 @@ class Batcher:
 
         Returns the outputs and the new states, both with the ``rows`` batch axis.
         """
-        if self._closed:
-            raise Draining("server is shutting down; retry on another replica")
         if x.shape[0] > self.max_batch_size:
             raise ValueError(f"{x.shape[0]} rows exceed max_batch_size {self.max_batch_size}")
+        result: StepResult = await self._submit(x, states, None, None)
+        return result
+
+    async def submit_prepared(
+        self,
+        prepare: Callable[[], np.ndarray] | None,
+        features: np.ndarray | None,
+        states: list[np.ndarray],
+        finish: Callable[[np.ndarray | None], Any] | None,
+    ) -> PreparedResult:
+        """Run one sequence whose frames ``prepare`` produces (a front-end; else
+        ``features``, ``[time, feature_dim]``) and whose outputs ``finish`` takes (a
+        spotter), both on the executor thread with the model call, in one hop."""
+        x = features[np.newaxis] if prepare is None and features is not None else None
+        result: PreparedResult = await self._submit(x, states, prepare, finish or _no_finish)
+        return result
+
+    async def _submit(
+        self, x: np.ndarray | None, states: list[np.ndarray], prepare: Callable[[], np.ndarray] | None,
+        finish: Callable[[np.ndarray | None], Any] | None,
+    ) -> Any:
+        if self._closed:
+            raise Draining("server is shutting down; retry on another replica")
         if len(self._queue) >= self.max_queue:
             raise Overloaded(
                 f"model '{self.runtime.manifest.name}': batch queue is full ({self.max_queue} "
@@ -161,7 +163,7 @@ class Batcher:
                 retry_after_ms=QUEUE_FULL_PUSHBACK_MS,
             )
         loop = asyncio.get_running_loop()
-        step = _Step(x, states, loop.create_future(), time.perf_counter())
+        step = Step(x, states, loop.create_future(), time.perf_counter(), prepare, finish)
         if self._lone_runs_now():
             return await self._run_alone(loop, step)
         self._queue.append(step)
@@ -174,25 +176,25 @@ class Batcher:
             and self._recent_batch < LONE_BATCH_THRESHOLD
         )
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, step: _Step) -> StepResult:
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, step: Step) -> Any:
         """Run a step that finds the batcher idle at low load straight from its caller:
         the batch it would form holds it alone, and this saves the two hops through the
         batcher's task (there and back). Steps that arrive meanwhile queue, and the loop
         collects them once this one is done, as after any batch."""
         self._busy = True
         try:
-            results, timing = await loop.run_in_executor(self._executor, self._run_group, [step])
-        except Exception:
-            log.exception("batch of 1 failed")
-            raise
+            (result,), timings = await loop.run_in_executor(self._executor, self._job.run, [step])
         finally:
             self._busy = False
             _resolve(self._idle)
         self._recent_batch += BATCH_SIZE_SMOOTHING * (step.rows - self._recent_batch)
-        self._stats.executed([step.rows], *timing)
-        return results[0]
+        for rows, timing in timings:
+            self._stats.executed(rows, *timing)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    async def _next_step(self, timeout: float | None) -> _Step | None:
+    async def _next_step(self, timeout: float | None) -> Step | None:
         """The carried-over step, else the next queued one, waiting at most ``timeout``
         (None: forever; 0: only what is already there)."""
         if self._carry is not None:
@@ -213,7 +215,7 @@ class Batcher:
                 timer.cancel()
         return self._queue.popleft() if self._queue else None
 
-    async def _collect(self, first: _Step) -> list[_Step]:
+    async def _collect(self, first: Step) -> list[Step]:
         batch, rows = [first], first.rows
         deadline = first.enqueued + self.max_delay_s
         while rows < self.max_batch_size:
@@ -255,50 +257,26 @@ class Batcher:
             finally:
                 self._busy = False
 
-    async def _execute(self, batch: list[_Step]) -> None:
+    async def _execute(self, batch: list[Step]) -> None:
         loop = asyncio.get_running_loop()
-        groups: dict[int, list[_Step]] = defaultdict(list)
-        for step in batch:
-            groups[step.x.shape[1]].append(step)
-        for group in groups.values():
-            try:
-                results, timing = await loop.run_in_executor(self._executor, self._run_group, group)
-            except Exception as exc:
-                log.exception("batch of %d failed", len(group))
-                for step in group:
-                    if not step.future.done():
-                        step.future.set_exception(exc)
+        try:
+            results, timings = await loop.run_in_executor(self._executor, self._job.run, batch)
+        except Exception as exc:
+            log.exception("batch of %d failed", len(batch))
+            results, timings = [exc] * len(batch), []
+        for step, result in zip(batch, results, strict=True):
+            if step.future.done():
                 continue
-            for step, result in zip(group, results, strict=True):
-                if not step.future.done():
-                    step.future.set_result(result)
-            self._stats.executed([s.rows for s in group], *timing)
+            if isinstance(result, Exception):
+                step.future.set_exception(result)
+            else:
+                step.future.set_result(result)
+        for rows, timing in timings:
+            self._stats.executed(rows, *timing)
 
-    def _run_group(self, group: list[_Step]) -> tuple[list[StepResult], tuple[float, float, float]]:
-        """Stack, run, split and time one same-length group, on the executor thread,
-        so that the event loop only resolves the waiters: each step's outputs and its
-        own read-only states, and the seconds spent stacking, running and splitting."""
-        stacking_started = time.perf_counter()
-        for step in group:
-            wait = stacking_started - step.enqueued
-            self._queue_wait.observe(wait)
-            self._stats.queue.add(wait)
-        x = group[0].x if len(group) == 1 else np.concatenate([s.x for s in group])
-        states = stacking.stack([s.states for s in group])
-        started = time.perf_counter()
-        outputs, new_states = self.runtime.run(x, states)
-        seconds = time.perf_counter() - started
-        splitting = time.perf_counter()
-        results: list[StepResult] = []
-        offset = 0
-        for step, own in zip(group, stacking.split(new_states, [s.rows for s in group]), strict=True):
-            end = offset + step.rows
-            results.append((outputs[offset:end] if len(group) > 1 else outputs, own))
-            offset = end
-        self._compute.observe(seconds)
-        self._batch_size.observe(x.shape[0])
-        self._frames.inc(x.shape[0] * x.shape[1])
-        return results, (started - stacking_started, seconds, time.perf_counter() - splitting)
+
+def _no_finish(outputs: np.ndarray | None) -> None:
+    return None
 
 
 def _resolve(future: asyncio.Future[None] | None) -> None:

@@ -163,6 +163,10 @@ class KeywordSpotter:
             return []
         smooth = self._smooth(post)
         threshold = self.postprocess.threshold
+        if self._open is None and not (smooth[:, self._keywords] >= threshold).any():
+            # no keyword crosses the threshold and none is open: nothing can start or end
+            self._frame += smooth.shape[0]
+            return []
         events: list[Event] = []
         for j in range(smooth.shape[0]):
             t = self._frame + j

@@ -15,6 +15,8 @@ committed state, so a resend of the same chunk is processed exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,11 +133,10 @@ class SessionStep:
             try:
                 if audio is not None:
                     assert live.audio is not None
-                    frames = await asyncio.to_thread(live.audio.accept, audio)
-                else:
-                    assert features is not None
-                    frames = features
-                return await self._advance(live, state, frames, sequence_number is not None)
+                    return await self._advance(live, state, functools.partial(live.audio.accept, audio), None,
+                                               sequence_number is not None)
+                assert features is not None
+                return await self._advance(live, state, None, features, sequence_number is not None)
             except BaseException:
                 hydrate(live, self.manifest)
                 raise
@@ -145,28 +146,35 @@ class SessionStep:
         async with live.lock:
             state = live.state
             try:
-                frames = (
-                    await asyncio.to_thread(live.audio.flush)
-                    if live.audio is not None
-                    else np.zeros((0, self.manifest.input.feature_dim), np.float32)
-                )
-                return await self._advance(live, state, frames, False, flush=True)
+                prepare = live.audio.flush if live.audio is not None else self._no_frames
+                return await self._advance(live, state, prepare, None, False, flush=True)
             except BaseException:
                 hydrate(live, self.manifest)
                 raise
 
+    def _no_frames(self) -> np.ndarray:
+        return np.zeros((0, self.manifest.input.feature_dim), np.float32)
+
     async def _advance(
-        self, live: LiveSession, state: SessionState, frames: np.ndarray, numbered: bool, flush: bool = False
+        self, live: LiveSession, state: SessionState, prepare: Callable[[], np.ndarray] | None,
+        features: np.ndarray | None, numbered: bool, flush: bool = False,
     ) -> StepOutput:
-        outputs: np.ndarray | None = None
-        new_states = state.states
-        if frames.shape[0]:
-            output, states = await self._batcher.submit(frames, list(state.states))
-            outputs, new_states = self._rows(output), tuple(states)
-        events: list[Event] = []
+        """One model step from ``features`` or from what ``prepare`` (the front-end)
+        makes of the chunk, then the spotter; the front-end, the model and the spotter
+        all run on the executor thread in one hop."""
         spotter = live.spotter
-        if spotter is not None and (outputs is not None or flush):
-            events = await asyncio.to_thread(_spot, spotter, outputs, flush)
+        spot = functools.partial(_spot, spotter, flush=flush) if spotter is not None else None
+        outputs: np.ndarray | None
+        events: list[Event]
+        if prepare is None and spot is None:
+            assert features is not None
+            output, states = await self._batcher.submit(features, list(state.states))
+            frames, outputs, new_states, events = features.shape[0], self._rows(output), tuple(states), []
+        else:
+            done = await self._batcher.submit_prepared(prepare, features, list(state.states), spot)
+            frames, new_states = done.frames, tuple(done.states)
+            outputs = self._rows(done.outputs) if done.outputs is not None else None
+            events = done.finished or []
         finals = tuple(e for e in events if e.is_final)
         await commit(
             self._store,
@@ -174,7 +182,7 @@ class SessionStep:
             state.advanced(
                 states=new_states,
                 next_sequence_number=state.next_sequence_number + (1 if numbered else 0),
-                frame_offset=state.frame_offset + int(frames.shape[0]),
+                frame_offset=state.frame_offset + frames,
                 previous_offset=state.frame_offset,
                 audio=live.audio.snapshot() if live.audio is not None else state.audio,
                 spotter=spotter.snapshot() if spotter is not None else state.spotter,
@@ -182,9 +190,9 @@ class SessionStep:
             ),
             self._metrics,
         )
-        return StepOutput(state.frame_offset, int(frames.shape[0]), outputs, events)
+        return StepOutput(state.frame_offset, frames, outputs, events)
 
 
-def _spot(spotter: KeywordSpotter, outputs: np.ndarray | None, flush: bool) -> list[Event]:
+def _spot(spotter: KeywordSpotter, outputs: np.ndarray | None, *, flush: bool) -> list[Event]:
     events = spotter.update(outputs) if outputs is not None and len(outputs) else []
     return events + spotter.flush() if flush else events
