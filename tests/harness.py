@@ -7,16 +7,20 @@ Integration tests talk to it with the real client; nothing is mocked.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
+import redis
 
 from lstm_client.client import Security
-from lstm_client.launch import ServerProcess, run_server, scrape
+from lstm_client.launch import ServerProcess, free_port, run_server, scrape
 
 __all__ = [
     "ATOL", "FEATURE_DIM", "REPO", "ServerHandle", "active_sessions", "frames", "metric_sum", "scrape",
@@ -88,3 +92,50 @@ def frames(seed: int, length: int) -> np.ndarray:
 def active_sessions(server: ServerProcess) -> float:
     """The active-sessions gauge, summed over models."""
     return metric_sum(scrape(server.metrics_url), "lstm_serve_sessions_active")
+
+
+# ------------------------------------------------------------------ a real redis-server
+requires_redis = pytest.mark.skipif(
+    subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0,
+    reason="redis-server is not installed (.ci/run installs it)",
+)
+"""Skip a test (or, as ``pytestmark``, a module) that needs a real redis-server."""
+
+
+def start_redis(port: int, data_dir: Path | None) -> subprocess.Popen[bytes] | None:
+    """redis-server on ``port``, answering PING; None when it did not come up. With
+    ``data_dir``, an append-only file there survives a restart; otherwise no persistence."""
+    persist = ["--appendonly", "yes", "--dir", str(data_dir)] if data_dir is not None else ["--appendonly", "no"]
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persist],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
+    if wait_until(lambda: _pings(probe), timeout=5) and proc.poll() is None:
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
+@contextmanager
+def redis_server(data_dir: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A throwaway redis-server on a free loopback port (see :func:`start_redis`)."""
+    for _ in range(5):
+        port = free_port()
+        proc = start_redis(port, data_dir)
+        if proc is not None:
+            try:
+                yield proc, port
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+            return
+    raise RuntimeError("could not start redis-server")
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

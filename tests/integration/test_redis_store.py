@@ -7,61 +7,26 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from lstm_client import StatusError
-from lstm_client.launch import free_port
 from tests.conftest import FixtureModels
-from tests.harness import FEATURE_DIM, ServerHandle, metric_sum, scrape, start_server, wait_until
-
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0,
-    reason="redis-server is not installed (.ci/run installs it)",
+from tests.harness import (
+    FEATURE_DIM,
+    ServerHandle,
+    metric_sum,
+    redis_server,
+    requires_redis,
+    scrape,
+    start_redis,
+    start_server,
+    wait_until,
 )
 
-
-def _start_redis(port: int, data_dir: Path | None) -> subprocess.Popen[bytes] | None:
-    """redis-server on ``port``, answering PING; None when it did not come up. With
-    ``data_dir``, an append-only file there survives a restart; otherwise no persistence."""
-    persist = ["--appendonly", "yes", "--dir", str(data_dir)] if data_dir is not None else ["--appendonly", "no"]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persist],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
-    if wait_until(lambda: _pings(probe), timeout=5) and proc.poll() is None:
-        return proc
-    proc.kill()
-    proc.wait()
-    return None
-
-
-@contextmanager
-def redis_server(data_dir: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A throwaway redis-server on a free loopback port (see :func:`_start_redis`)."""
-    for _ in range(5):
-        port = free_port()
-        proc = _start_redis(port, data_dir)
-        if proc is not None:
-            try:
-                yield proc, port
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-            return
-    raise RuntimeError("could not start redis-server")
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+pytestmark = requires_redis
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +208,7 @@ def test_store_stopped_and_restarted(fixture_models: FixtureModels, tmp_path: Pa
             assert time.monotonic() - started < 3 * 1.5
             assert client.predict("lstm", x).outputs[0].shape == (30, 4)
             assert client.health() == "SERVING"
-            restarted = _start_redis(port, tmp_path)
+            restarted = start_redis(port, tmp_path)
             assert restarted is not None
             second = _continues(client, x[10:20], "restarted", 10)
             third = client.predict("lstm", x[20:], session_id="restarted", frame_offset=20)

@@ -24,7 +24,17 @@ from lstmserve.v1 import inference_pb2 as pb
 from lstmserve.v1 import inference_pb2_grpc as pb_grpc
 from tests.certs import SERVER_NAME, CertificateAuthority, JwtIssuer, write_jwks, write_keys_file
 from tests.conftest import FixtureModels
-from tests.harness import REPO, ServerHandle, frames, metric_sum, scrape, start_server, wait_until
+from tests.harness import (
+    REPO,
+    ServerHandle,
+    frames,
+    metric_sum,
+    redis_server,
+    requires_redis,
+    scrape,
+    start_server,
+    wait_until,
+)
 
 FAST_RELOAD = {"LSTM_SERVE_TLS__RELOAD_INTERVAL_S": "0.1"}
 ISSUER, AUDIENCE = "https://issuer.test", "lstm-serve"
@@ -426,12 +436,11 @@ def test_cli_global_token_and_tls_options(tls_server: ServerHandle, tls_dir: Pat
     assert by_env.returncode == 0 and [m["name"] for m in json.loads(by_env.stdout)] == ["lstm"]
 
 
+@requires_redis
 def test_a_session_leased_on_another_replica_is_unknown_to_another_principal(
     fixture_models: FixtureModels, tmp_path: Path
 ) -> None:
     """With Redis, the owner check comes before the lease: no lease conflict leaks the id."""
-    from tests.integration.test_redis_store import redis_server
-
     keys = write_keys_file(
         tmp_path / "keys.json",
         [{"key": KEY_A, "subject": "svc-a", "models": ["*"]}, {"key": KEY_B, "subject": "svc-b", "models": ["*"]}],

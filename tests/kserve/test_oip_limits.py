@@ -12,8 +12,7 @@ import numpy as np
 from lstmserve.kserve_v2 import grpc_service_pb2 as pb
 from lstmserve.kserve_v2 import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import FixtureModels
-from tests.harness import FEATURE_DIM, start_server
-from tests.integration.test_redis_store import redis_server
+from tests.harness import FEATURE_DIM, redis_server, requires_redis, start_server
 from tests.kserve.conftest import Oip, decode, encode
 
 
@@ -58,6 +57,7 @@ def test_full_batch_queue_refuses_with_a_pushback_trailer(fixture_models: Fixtur
         assert ("grpc-retry-pushback-ms", "50") in tuple(error.trailing_metadata())
 
 
+@requires_redis
 def test_kserve_retries_on_unavailable_never_advance_a_sequence_twice(
     fixture_models: FixtureModels, oip: Oip
 ) -> None:
