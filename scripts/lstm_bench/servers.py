@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lstm_client.launch import ServerProcess, run_server
+from lstm_client.launch import ServerProcess, free_port, run_server
 
 from . import REPO, WORK
 
@@ -59,6 +59,9 @@ class ServerCode:
     root: Path
     commit: str | None
     env: dict[str, str] = field(default_factory=dict)
+    port_file: bool = True
+    """Whether its ``lstm-serve`` reports the ports it bound (``--port-file``); older
+    commits take ports chosen here instead."""
 
     @property
     def describe(self) -> str:
@@ -90,7 +93,8 @@ def base_worktree(rev: str) -> Iterator[ServerCode]:
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), commit], cwd=REPO, check=True)
     try:
         env = {"PYTHONPATH": os.pathsep.join([str(tree / "server"), str(tree / "protos")])}
-        code = ServerCode("old", tree, commit, env)
+        code = ServerCode("old", tree, commit, env, port_file=(tree / "server" / "lstm_serve" / "main.py")
+                          .read_text().count('"--port-file"') > 0)
         check_imports(code)
         yield code
     finally:
@@ -127,8 +131,15 @@ def lstm_server(
     """``lstm-serve`` with ``config``'s flags, running ``code`` (default: this checkout)."""
     code = code or current_code()
     name = f"server-{config.key}" + ("" if code.root == REPO else f"-{code.key}")
-    return run_server(server_command(models_dir, config.args), None, None, WORK / "logs" / f"{name}.log",
-                      env=code.env, cwd=code.root, ready_timeout=120)
+    log_path = WORK / "logs" / f"{name}.log"
+    if code.port_file:
+        return run_server(server_command(models_dir, config.args), None, None, log_path,
+                          env=code.env, cwd=code.root, ready_timeout=120)
+    # a commit from before --port-file: ports chosen here (a small race, for old code only)
+    port, metrics_port = free_port(), free_port()
+    cmd = server_command(models_dir, config.args)
+    cmd[cmd.index("--port") + 1], cmd[cmd.index("--metrics-port") + 1] = str(port), str(metrics_port)
+    return run_server(cmd, port, metrics_port, log_path, env=code.env, cwd=code.root, ready_timeout=120)
 
 
 def echo_server(package: Path | None = None) -> contextlib.AbstractContextManager[ServerProcess]:
