@@ -109,6 +109,7 @@ class _Loader:
     inter_op_threads: int
     memory_arena: MemoryArena
     arena_shrink_frames: int
+    allow_spinning: bool = False
 
     def load(self, name: str, version_dir: Path) -> ModelEntry:
         """Load one package; a broken one becomes an entry with its error."""
@@ -118,6 +119,7 @@ class _Loader:
             entry.runtime = ModelRuntime(
                 entry.manifest, version_dir, self.providers, self.intra_op_threads, self.inter_op_threads,
                 memory_arena=self.memory_arena, arena_shrink_frames=self.arena_shrink_frames,
+                allow_spinning=self.allow_spinning,
             )
         except ManifestError as exc:
             entry.error = str(exc)
@@ -162,10 +164,12 @@ class ModelRepository:
         *,
         memory_arena: MemoryArena = "shrink",
         arena_shrink_frames: int = 16384,
+        allow_spinning: bool = False,
     ) -> ModelRepository:
         """Scan ``root`` and load every package; broken ones are recorded, not raised."""
         repo = cls(root=root)
-        repo.loader = _Loader(providers, intra_op_threads, inter_op_threads, memory_arena, arena_shrink_frames)
+        repo.loader = _Loader(providers, intra_op_threads, inter_op_threads, memory_arena, arena_shrink_frames,
+                              allow_spinning)
         if not root.is_dir():
             log.error("model repository %s does not exist; serving no models", root)
             return repo

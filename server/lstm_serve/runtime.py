@@ -37,10 +37,14 @@ class ModelRuntime:
         *,
         memory_arena: MemoryArena = "shrink",
         arena_shrink_frames: int = 16384,
+        allow_spinning: bool = False,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
+        spinning = "1" if allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         options.enable_cpu_mem_arena = memory_arena != "off"
         # The arena keeps the peak of every call it has served: a few legal 4 MB batches
         # would hold about 1 GB. Shrinking after large calls only keeps the arena's speed

@@ -112,6 +112,7 @@ class LstmServer:
                 s.providers.inter_op_threads,
                 memory_arena=s.providers.memory_arena,
                 arena_shrink_frames=s.providers.arena_shrink_frames,
+                allow_spinning=s.providers.allow_spinning,
             )
         )
         self.metrics.build.labels(__version__).set(1)

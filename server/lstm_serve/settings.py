@@ -177,6 +177,11 @@ class ProviderSettings(BaseModel):
     inter_op_threads: int = Field(1, ge=0)
     """onnxruntime inter-op threads per session; 0 lets onnxruntime decide."""
 
+    allow_spinning: bool = False
+    """Let onnxruntime's pool threads spin while they wait for work (its own default).
+    Off, they sleep: with more than one intra-op thread, spinning burns the cores that
+    the event loops of this and the other workers need, for a small latency gain."""
+
     memory_arena: Literal["shrink", "on", "off"] = "shrink"
     """onnxruntime's CPU memory arena. ``shrink``: on, and every call larger than
     ``arena_shrink_frames`` gives its memory back when it ends, so large batches do

@@ -7,6 +7,7 @@ import pytest
 from lstm_serve.main import build_parser, settings_from_args
 from lstm_serve.providers import ProviderError, choose_providers
 from lstm_serve.settings import Settings, env_var_names
+from tests.conftest import FixtureModels
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -53,3 +54,16 @@ def test_every_field_is_documented() -> None:
                 )
     assert "LSTM_SERVE_BATCHING__MAX_BATCH_SIZE" in env_var_names()
     assert Settings().server.port == 50051
+
+
+def test_onnxruntime_pool_threads_sleep_unless_spinning_is_asked_for(fixture_models: FixtureModels) -> None:
+    from lstm_serve.manifest import load_manifest
+    from lstm_serve.runtime import ModelRuntime
+
+    package = fixture_models.root / "lstm" / "1"
+    for allow, want in ((False, "0"), (True, "1")):
+        runtime = ModelRuntime(load_manifest(package), package, ["CPUExecutionProvider"], 2, 1, allow_spinning=allow)
+        options = runtime._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == want
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == want
+    assert Settings().providers.allow_spinning is False
