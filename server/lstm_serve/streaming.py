@@ -40,6 +40,11 @@ from lstm_serve.sessions import LiveSession, SessionRegistry
 from lstm_serve.settings import Settings
 from lstm_serve.step import StepOutput, attach_front_end
 
+READ_AHEAD = 2
+"""Client messages read ahead of the one being processed, at most: one keeps the
+reader from waiting on every message it hands over, two bound what a fast client
+makes the server hold."""
+
 REALTIME_ALLOWANCE_S = 2.0
 """Audio a stream may send ahead of real time before the rate limit applies."""
 
@@ -62,9 +67,9 @@ class _ReadFailed:
 class _Inbox:
     """A stream's client messages, with the server's drain signals put first.
 
-    A reader task takes the client's messages one ahead: it reads the next one only
-    once the stream has taken the last, so gRPC's flow control still holds a client
-    that sends faster than its chunks are processed. A stream waiting for a message
+    A reader task takes the client's messages at most ``READ_AHEAD`` ahead of the
+    stream: it stops reading while that many wait, so gRPC's flow control still holds
+    a client that sends faster than its chunks are processed. A stream waiting for a message
     waits on one future, which the message, a drain signal or the idle timeout
     resolves (no task or ``asyncio.wait`` per message)."""
 
@@ -83,7 +88,7 @@ class _Inbox:
             async for message in messages:
                 self._arrived.append(message)
                 self._wake(timed_out=False)
-                while self._arrived:
+                while len(self._arrived) >= READ_AHEAD:
                     self._taken = self._loop.create_future()
                     await self._taken
             self._half_closed = True

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from lstm_serve.domain import StreamEnd
-from lstm_serve.streaming import _DrainSignal, _Inbox
+from lstm_serve.streaming import READ_AHEAD, _DrainSignal, _Inbox
 
 
 async def _late_messages() -> AsyncIterator[StreamEnd]:
@@ -34,9 +34,9 @@ async def _counted(read: list[int], count: int) -> AsyncIterator[StreamEnd]:
         yield StreamEnd()
 
 
-def test_the_reader_takes_the_client_messages_only_one_ahead() -> None:
+def test_the_reader_takes_the_client_messages_at_most_read_ahead() -> None:
     """gRPC's flow control must keep holding a client that sends faster than its
-    chunks are processed: the inbox never buffers more than one message."""
+    chunks are processed: the inbox never buffers more than READ_AHEAD messages."""
     async def scenario() -> list[int]:
         read: list[int] = []
         inbox = _Inbox(_counted(read, 10), idle_timeout_s=0)
@@ -50,7 +50,7 @@ def test_the_reader_takes_the_client_messages_only_one_ahead() -> None:
         await inbox.close()
         return [before_taking, after_one]
 
-    assert asyncio.run(scenario()) == [1, 2]
+    assert asyncio.run(scenario()) == [READ_AHEAD, READ_AHEAD + 1]
 
 
 async def _failing() -> AsyncIterator[StreamEnd]:
