@@ -65,14 +65,12 @@ class Step:
     """Produces the step's ``[time, feature_dim]`` frames, on the executor thread."""
     finish: Callable[[np.ndarray | None], Any] | None = None
     """Takes the step's outputs (None for no frames), on the executor thread."""
+    prepared: bool = False
+    """The caller wants a :class:`PreparedResult`, not a plain ``StepResult``."""
 
     @property
     def rows(self) -> int:
         return int(self.x.shape[0]) if self.x is not None else 1
-
-    @property
-    def prepared(self) -> bool:
-        return self.prepare is not None or self.finish is not None
 
 
 class BatchJob:

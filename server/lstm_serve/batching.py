@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_serve.batch_job import BatchJob, PreparedResult, Step, StepResult
+from lstm_serve.batch_job import BatchJob, PreparedResult, Step, StepResult, Timing
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import Draining, Overloaded
 from lstm_serve.metrics import Metrics
@@ -146,12 +146,12 @@ class Batcher:
         ``features``, ``[time, feature_dim]``) and whose outputs ``finish`` takes (a
         spotter), both on the executor thread with the model call, in one hop."""
         x = features[np.newaxis] if prepare is None and features is not None else None
-        result: PreparedResult = await self._submit(x, states, prepare, finish or _no_finish)
+        result: PreparedResult = await self._submit(x, states, prepare, finish, prepared=True)
         return result
 
     async def _submit(
         self, x: np.ndarray | None, states: list[np.ndarray], prepare: Callable[[], np.ndarray] | None,
-        finish: Callable[[np.ndarray | None], Any] | None,
+        finish: Callable[[np.ndarray | None], Any] | None, *, prepared: bool = False,
     ) -> Any:
         if self._closed:
             raise Draining("server is shutting down; retry on another replica")
@@ -163,7 +163,7 @@ class Batcher:
                 retry_after_ms=QUEUE_FULL_PUSHBACK_MS,
             )
         loop = asyncio.get_running_loop()
-        step = Step(x, states, loop.create_future(), time.perf_counter(), prepare, finish)
+        step = Step(x, states, loop.create_future(), time.perf_counter(), prepare, finish, prepared)
         if self._lone_runs_now():
             return await self._run_alone(loop, step)
         self._queue.append(step)
@@ -188,8 +188,7 @@ class Batcher:
             self._busy = False
             _resolve(self._idle)
         self._recent_batch += BATCH_SIZE_SMOOTHING * (step.rows - self._recent_batch)
-        for rows, timing in timings:
-            self._stats.executed(rows, *timing)
+        self._record(timings)
         if isinstance(result, Exception):
             raise result
         return result
@@ -271,12 +270,11 @@ class Batcher:
                 step.future.set_exception(result)
             else:
                 step.future.set_result(result)
+        self._record(timings)
+
+    def _record(self, timings: list[tuple[list[int], Timing]]) -> None:
         for rows, timing in timings:
             self._stats.executed(rows, *timing)
-
-
-def _no_finish(outputs: np.ndarray | None) -> None:
-    return None
 
 
 def _resolve(future: asyncio.Future[None] | None) -> None:

@@ -64,6 +64,11 @@ class _ReadFailed:
     error: BaseException
 
 
+def _settle(waiter: asyncio.Future[bool] | None, timed_out: bool) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(timed_out)
+
+
 class _Inbox:
     """A stream's client messages, with the server's drain signals put first.
 
@@ -97,8 +102,7 @@ class _Inbox:
         self._wake(timed_out=False)
 
     def _wake(self, *, timed_out: bool) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(timed_out)
+        _settle(self._waiter, timed_out)
 
     def signal(self, signal: _DrainSignal) -> None:
         """Queue a drain signal ahead of any client message."""
@@ -121,7 +125,7 @@ class _Inbox:
                 return None
             self._waiter = waiter = self._loop.create_future()
             timer = (
-                self._loop.call_later(self._timeout, self._wake_on_timeout, waiter)
+                self._loop.call_later(self._timeout, _settle, waiter, True)
                 if self._timeout is not None else None
             )
             try:
@@ -135,11 +139,6 @@ class _Inbox:
                     f"stream idle for {self._timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
                     "session state is kept for resume until its TTL"
                 )
-
-    @staticmethod
-    def _wake_on_timeout(waiter: asyncio.Future[bool]) -> None:
-        if not waiter.done():
-            waiter.set_result(True)
 
     async def get_message(self) -> StreamMessage | None:
         """The next client message, passing over signals."""
