@@ -6,12 +6,20 @@ library and its voice data both live inside the wheel.
 
 The library keeps global state, so :class:`Speaker` is a process-wide singleton guarded
 by a lock.
+
+Some voice variants (``Demonic`` and ``Alicia`` among them) draw on espeak-ng's own random
+generator, which it seeds from the clock: the same call then gave different samples in each
+process. Every utterance reseeds it from its own text, voice and parameters, so the same
+sequence of calls gives the same samples in every process, and the evaluation sets built
+from a fixed seed are the same on every run. (An utterance still depends on the ones said
+before it in the process: espeak-ng carries synthesis state across calls.)
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,6 +75,12 @@ class Speaker:
         ]
         self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        if not hasattr(self._lib, "espeak_ng_SetRandSeed"):
+            raise RuntimeError(
+                "this espeak-ng has no espeak_ng_SetRandSeed: its synthesis would differ between "
+                "processes; install espeakng-loader>=0.2.4"
+            )
+        self._lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self._lib.espeak_Synth.argtypes = [
             ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
@@ -103,6 +117,7 @@ class Speaker:
             self._lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
             self._lib.espeak_SetParameter(_ESPEAK_RANGE, int(pitch_range), 0)
             self._lib.espeak_SetParameter(_ESPEAK_VOLUME, 100, 0)
+            self._lib.espeak_ng_SetRandSeed(utterance_seed(text, voice, rate, pitch, pitch_range))
             buf = ctypes.create_string_buffer(text.encode())
             err = self._lib.espeak_Synth(
                 buf, len(buf), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
@@ -114,6 +129,11 @@ class Speaker:
         audio = raw.astype(np.float32) / 32768.0
         audio = resample_poly(audio, self._up, self._down).astype(np.float32)
         return trim(audio)
+
+
+def utterance_seed(text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> int:
+    """espeak-ng's random seed for one utterance: a stable hash of what is said and how."""
+    return zlib.crc32(f"{text}|{voice}|{rate}|{pitch}|{pitch_range}".encode())
 
 
 def trim(audio: np.ndarray, rel_db: float = -35.0, pad: int = 160) -> np.ndarray:
