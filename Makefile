@@ -79,7 +79,7 @@ train: $(FULL_STAMP) ## retrain every bundled model into models/ and remake demo
 	$(BIN)/lstm-train demo --model models/kws/1 --out demo
 
 bench: BASE ?= HEAD~1
-bench: $(FULL_STAMP) ## benchmark: in-process ORT, server batching off/on/--workers 2, this code vs BASE (default HEAD~1); writes docs/ (~6 min)
+bench: $(FULL_STAMP) ## benchmark: in-process ORT, server batching off/on/--workers 2, this code vs BASE (default HEAD~1); writes docs/ (~10 min, then bench-oip and bench-sessions: ~14 min in all)
 	$(BIN)/python scripts/bench.py --base '$(BASE)' $(BENCH_ARGS)
 	$(MAKE) bench-oip bench-sessions
 

@@ -25,7 +25,7 @@ Writes ``docs/bench-results.json``, ``docs/img/*.png`` and the generated block o
 ``docs/benchmarks.md`` (between its ``bench:begin`` / ``bench:end`` markers; the rest of
 that file is written by hand and left alone).
 
-    .venv/bin/python scripts/bench.py                  # the full run (about 6 minutes)
+    .venv/bin/python scripts/bench.py                  # the full run (about 10 minutes)
     .venv/bin/python scripts/bench.py --quick          # a smoke run (about 1 minute)
     .venv/bin/python scripts/bench.py --base v0.1 --json
 """
