@@ -87,6 +87,8 @@ def _median(points: list[dict[str, Any]]) -> dict[str, Any]:
         values = [p[key] for p in points if p[key] is not None]
         if isinstance(value, bool) or not isinstance(value, int | float) or not values:
             out[key] = value
+        elif all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+            out[key] = value  # a setting of the load (its stream count), the same every round
         else:
             out[key] = round(statistics.median(values), 3)
     out["rounds"] = points
