@@ -18,7 +18,7 @@ SERVE_STAMP := $(call stamp,serve,$(SERVE_EXTRAS))
 FULL_STAMP  := $(call stamp,full,$(FULL_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip bench-sessions soak deploy-tools client-venvs deploy-check clean
+.PHONY: help setup serve test fuzz lock audit lint proto proto-check gpu-check train bench bench-oip bench-sessions bench-peer soak deploy-tools client-venvs deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -89,6 +89,10 @@ bench-sessions: $(FULL_STAMP) ## benchmark: resume-token seal/open and CPU per c
 bench-oip: $(FULL_STAMP) client-venvs ## benchmark: Open Inference Protocol (v2) vs native CPU per chunk, and perf_analyzer; writes docs/benchmarks.md (~2 min)
 	$(BIN)/python scripts/lstm_bench/oip.py
 
+bench-peer: $(FULL_STAMP) ## benchmark: lstm-serve against MLServer (.venv-peer), the stateless peer, on the same model and load: sessions held, saturated frames/s, CPU per chunk; writes docs/benchmarks.md (~2 min)
+	scripts/setup-peer-venv.sh
+	$(BIN)/python scripts/lstm_bench/peer.py $(PEER_ARGS)
+
 soak: $(FULL_STAMP) ## soak: capacity sweep, then 60 % of it on two replicas for 10 min (faults, a SIGTERM); writes docs/soak.md (~13 min)
 	$(BIN)/python scripts/lstm_bench/soak.py $(SOAK_ARGS)
 
@@ -96,4 +100,4 @@ deploy-check: $(FULL_STAMP) deploy-tools ## validate deploy/ (kustomize, schemas
 	$(BIN)/pytest tests/deploy
 
 clean: ## remove virtualenvs and caches
-	rm -rf $(VENV) .venv-deploy .venv-triton .venv-audit .hypothesis .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-deploy .venv-triton .venv-audit .venv-peer .hypothesis .pytest_cache .mypy_cache .ruff_cache
