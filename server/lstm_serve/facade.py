@@ -24,7 +24,8 @@ from lstm_serve.predict import PredictUseCase
 from lstm_serve.repository import ModelEntry, ModelRepository, RepositoryChange
 from lstm_serve.resume import ResumeTokens
 from lstm_serve.sequences import SequenceRequest, SequenceResult, SequenceUseCase
-from lstm_serve.sessions import SessionRegistry, SessionStore
+from lstm_serve.session_registry import SessionRegistry
+from lstm_serve.session_store import SessionStore
 from lstm_serve.settings import Settings
 from lstm_serve.state import now_ms
 from lstm_serve.statistics import ModelStats, StatsBook

@@ -13,7 +13,7 @@ from lstm_serve.manifest import Manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelEntry, ModelRepository
 from lstm_serve.runtime import ModelRuntime
-from lstm_serve.sessions import SessionStore
+from lstm_serve.session_store import SessionStore
 from lstm_serve.state import SessionState
 from lstm_serve.step import SessionStep
 

@@ -27,7 +27,7 @@ from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.manifest import Manifest
 from lstm_serve.resume import ResumeTokens
 from lstm_serve.runtime import ModelRuntime
-from lstm_serve.sessions import SessionRegistry
+from lstm_serve.session_registry import SessionRegistry
 from lstm_serve.settings import SessionSettings
 
 REPLAYS_KEPT = 256

@@ -4,7 +4,7 @@ Each session is one Redis hash ``<prefix>s:<id>`` with three fields: ``v``, the 
 version, ``s``, the SessionSnapshot bytes (the same encoding a resume token seals), and
 ``w``, the id of the write that put them there. Every write is compare-and-set on ``v``
 in one Lua script, so a stale writer (a paused process that lost its lease) can never
-overwrite newer state: it gets :class:`~lstm_serve.sessions.StaleState` and drops its
+overwrite newer state: it gets :class:`~lstm_serve.session_store.StaleState` and drops its
 copy. Every write refreshes the key's TTL (the idle TTL) and a tombstone
 ``<prefix>x:<id>`` that outlives it, so a late caller hears "expired", not "unknown".
 A sorted set ``<prefix>index`` scores every session id by when its key expires: the
@@ -45,7 +45,7 @@ from lstm_serve.errors import Overloaded, SessionConflict, StoreUnavailable, ech
 from lstm_serve.manifest import Manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelRepository
-from lstm_serve.sessions import StaleState
+from lstm_serve.session_store import StaleState
 from lstm_serve.state import SessionState
 
 T = TypeVar("T")

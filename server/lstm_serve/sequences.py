@@ -37,7 +37,8 @@ from lstm_serve.errors import (
 from lstm_serve.events import Event
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.predict import check_frames
-from lstm_serve.sessions import LiveSession, OpenMode, SessionRegistry
+from lstm_serve.session_registry import SessionRegistry
+from lstm_serve.sessions import LiveSession, OpenMode
 from lstm_serve.settings import Settings
 from lstm_serve.step import StepOutput, attach_front_end
 

@@ -28,7 +28,7 @@ from lstm_serve.providers import choose_providers
 from lstm_serve.redis_store import RedisSessionStore, SnapshotCodec
 from lstm_serve.repository import ModelRepository
 from lstm_serve.resume import ResumeTokens
-from lstm_serve.sessions import InMemorySessionStore, SessionStore
+from lstm_serve.session_store import InMemorySessionStore, SessionStore
 from lstm_serve.settings import Settings
 from lstm_serve.statistics import StatsBook
 from lstm_serve.threads import EXECUTOR_THREAD_NAME, name_this_thread

@@ -28,7 +28,8 @@ from lstm_serve.errors import OffsetMismatch, PreconditionFailed, echo
 from lstm_serve.events import Event, KeywordSpotter
 from lstm_serve.manifest import LogMelFrontend, Manifest
 from lstm_serve.metrics import Metrics
-from lstm_serve.sessions import LiveSession, SessionStore, commit
+from lstm_serve.session_store import SessionStore
+from lstm_serve.sessions import LiveSession, commit
 from lstm_serve.state import SessionState
 
 

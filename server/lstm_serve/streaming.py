@@ -3,12 +3,9 @@ session step. The state machine is documented in ``protos/lstmserve/v1/inference
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
 
 from lstm_serve.admission import Admission, RateLimit
 from lstm_serve.audio import check_audio_format
@@ -24,7 +21,6 @@ from lstm_serve.domain import (
     StreamStarted,
 )
 from lstm_serve.errors import (
-    DeadlineExceeded,
     Draining,
     InvalidInput,
     Overloaded,
@@ -32,126 +28,18 @@ from lstm_serve.errors import (
     StoreUnavailable,
 )
 from lstm_serve.events import Event
+from lstm_serve.inbox import DrainSignal, Inbox
 from lstm_serve.lanes import Lane, Lanes
 from lstm_serve.metrics import Metrics
 from lstm_serve.predict import check_frames
 from lstm_serve.resume import ResumeTokens
-from lstm_serve.sessions import LiveSession, SessionRegistry
+from lstm_serve.session_registry import SessionRegistry
+from lstm_serve.sessions import LiveSession
 from lstm_serve.settings import Settings
 from lstm_serve.step import StepOutput, attach_front_end
 
-READ_AHEAD = 2
-"""Client messages read ahead of the one being processed, at most: one keeps the
-reader from waiting on every message it hands over, two bound what a fast client
-makes the server hold."""
-
 REALTIME_ALLOWANCE_S = 2.0
 """Audio a stream may send ahead of real time before the rate limit applies."""
-
-
-@dataclass(frozen=True)
-class _DrainSignal:
-    deadline: float
-    """time.monotonic() at which the grace ends."""
-    closing: bool
-
-
-@dataclass(frozen=True)
-class _ReadFailed:
-    """Reading the client's next message raised ``error`` (a request that does not
-    convert, or the call going away)."""
-
-    error: BaseException
-
-
-def _settle(waiter: asyncio.Future[bool] | None, timed_out: bool) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(timed_out)
-
-
-class _Inbox:
-    """A stream's client messages, with the server's drain signals put first.
-
-    A reader task takes the client's messages at most ``READ_AHEAD`` ahead of the
-    stream: it stops reading while that many wait, so gRPC's flow control still holds
-    a client that sends faster than its chunks are processed. A stream waiting for a message
-    waits on one future, which the message, a drain signal or the idle timeout
-    resolves (no task or ``asyncio.wait`` per message)."""
-
-    def __init__(self, messages: AsyncIterator[StreamMessage], idle_timeout_s: float) -> None:
-        self._timeout = idle_timeout_s if idle_timeout_s > 0 else None
-        self._signals: deque[_DrainSignal] = deque()
-        self._arrived: deque[StreamMessage | _ReadFailed] = deque()
-        self._half_closed = False
-        self._waiter: asyncio.Future[bool] | None = None
-        self._taken: asyncio.Future[None] | None = None
-        self._loop = asyncio.get_running_loop()
-        self._reader = self._loop.create_task(self._read(messages))
-
-    async def _read(self, messages: AsyncIterator[StreamMessage]) -> None:
-        try:
-            async for message in messages:
-                self._arrived.append(message)
-                self._wake(timed_out=False)
-                while len(self._arrived) >= READ_AHEAD:
-                    self._taken = self._loop.create_future()
-                    await self._taken
-            self._half_closed = True
-        except Exception as exc:
-            self._arrived.append(_ReadFailed(exc))
-        self._wake(timed_out=False)
-
-    def _wake(self, *, timed_out: bool) -> None:
-        _settle(self._waiter, timed_out)
-
-    def signal(self, signal: _DrainSignal) -> None:
-        """Queue a drain signal ahead of any client message."""
-        self._signals.append(signal)
-        self._wake(timed_out=False)
-
-    async def get(self) -> StreamMessage | _DrainSignal | None:
-        """The next signal or client message; None when the client half-closed."""
-        while True:
-            if self._signals:
-                return self._signals.popleft()
-            if self._arrived:
-                item = self._arrived.popleft()
-                if self._taken is not None and not self._taken.done():
-                    self._taken.set_result(None)
-                if isinstance(item, _ReadFailed):
-                    raise item.error
-                return item
-            if self._half_closed:
-                return None
-            self._waiter = waiter = self._loop.create_future()
-            timer = (
-                self._loop.call_later(self._timeout, _settle, waiter, True)
-                if self._timeout is not None else None
-            )
-            try:
-                timed_out = await waiter
-            finally:
-                self._waiter = None
-                if timer is not None:
-                    timer.cancel()
-            if timed_out:
-                raise DeadlineExceeded(
-                    f"stream idle for {self._timeout:g} s (LSTM_SERVE_SESSIONS__STREAM_IDLE_TIMEOUT_S); the "
-                    "session state is kept for resume until its TTL"
-                )
-
-    async def get_message(self) -> StreamMessage | None:
-        """The next client message, passing over signals."""
-        while True:
-            item = await self.get()
-            if not isinstance(item, _DrainSignal):
-                return item
-
-    async def close(self) -> None:
-        """Stop reading the client."""
-        self._reader.cancel()
-        with contextlib.suppress(BaseException):
-            await self._reader
 
 
 class StreamUseCase:
@@ -172,12 +60,12 @@ class StreamUseCase:
         self._admission = admission
         self._settings = settings
         self._metrics = metrics
-        self._open_streams: dict[_Stream, _Inbox] = {}
-        self._drain: _DrainSignal | None = None
+        self._open_streams: dict[_Stream, Inbox] = {}
+        self._drain: DrainSignal | None = None
 
     async def stream(self, messages: AsyncIterator[StreamMessage]) -> AsyncGenerator[StreamReply, None]:
         """Run one stream: config, chunks, end (see the proto)."""
-        inbox = _Inbox(messages.__aiter__(), self._settings.sessions.stream_idle_timeout_s)
+        inbox = Inbox(messages.__aiter__(), self._settings.sessions.stream_idle_timeout_s)
         try:
             first = await inbox.get()
             if first is None:
@@ -199,12 +87,12 @@ class StreamUseCase:
         finally:
             await inbox.close()
 
-    async def _serve(self, stream: _Stream, inbox: _Inbox) -> AsyncGenerator[StreamReply, None]:
+    async def _serve(self, stream: _Stream, inbox: Inbox) -> AsyncGenerator[StreamReply, None]:
         while True:
             message = await inbox.get()
             if message is None:
                 return
-            if isinstance(message, _DrainSignal):
+            if isinstance(message, DrainSignal):
                 yield await stream.draining(message)
                 if message.closing:
                     raise Draining(
@@ -224,13 +112,13 @@ class StreamUseCase:
 
     def announce_drain(self, grace_s: float) -> None:
         """Tell every open stream, at once, that the server drains within ``grace_s``."""
-        self._drain = _DrainSignal(time.monotonic() + grace_s, closing=False)
+        self._drain = DrainSignal(time.monotonic() + grace_s, closing=False)
         for inbox in self._open_streams.values():
             inbox.signal(self._drain)
 
     def close_open_streams(self) -> int:
         """The grace is over: each open stream gets a last token, then UNAVAILABLE."""
-        closing = _DrainSignal(time.monotonic(), closing=True)
+        closing = DrainSignal(time.monotonic(), closing=True)
         for inbox in self._open_streams.values():
             inbox.signal(closing)
         return len(self._open_streams)
@@ -396,7 +284,7 @@ class _Stream:
             behind = (time.monotonic() - self._wall_start) - self._audio_seconds
             self._lag.observe(max(0.0, behind))
 
-    async def draining(self, signal: _DrainSignal) -> StreamDraining:
+    async def draining(self, signal: DrainSignal) -> StreamDraining:
         """The warning for this stream, after the state kept in memory is written back:
         time left, a token, the last chunk applied. A store that cannot take the
         write-back now does not hold the warning back: the token carries the state."""

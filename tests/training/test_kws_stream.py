@@ -19,7 +19,8 @@ from lstm_serve.lanes import Lane
 from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelEntry
 from lstm_serve.runtime import ModelRuntime
-from lstm_serve.sessions import InMemorySessionStore, LiveSession
+from lstm_serve.session_store import InMemorySessionStore
+from lstm_serve.sessions import LiveSession
 from lstm_serve.step import SessionStep, hydrate
 from lstm_train.kws_stream import CHUNK_MS, stream
 from lstm_train.train import load_runtime

@@ -8,7 +8,7 @@ import pytest
 
 from lstm_serve import errors
 from lstm_serve.domain import ChunkResult, ModelRef, PredictOutput
-from lstm_serve.sessions import StaleState
+from lstm_serve.session_store import StaleState
 from lstm_serve.transport.lstmserve_v1 import convert
 from lstm_serve.transport.status import INTERNAL_MESSAGE, status_for
 from lstmserve.v1 import inference_pb2 as pb

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from lstm_serve.domain import StreamEnd
-from lstm_serve.streaming import READ_AHEAD, _DrainSignal, _Inbox
+from lstm_serve.inbox import READ_AHEAD, DrainSignal, Inbox
 
 
 async def _late_messages() -> AsyncIterator[StreamEnd]:
@@ -16,14 +16,14 @@ async def _late_messages() -> AsyncIterator[StreamEnd]:
 
 def test_a_signal_taken_at_once_does_not_wake_the_next_wait() -> None:
     async def scenario() -> list[object]:
-        inbox = _Inbox(_late_messages(), idle_timeout_s=0)
-        inbox.signal(_DrainSignal(0.0, closing=False))
+        inbox = Inbox(_late_messages(), idle_timeout_s=0)
+        inbox.signal(DrainSignal(0.0, closing=False))
         got: list[object] = [await inbox.get(), await inbox.get(), await inbox.get()]
         await inbox.close()
         return got
 
     first, second, third = asyncio.run(scenario())
-    assert isinstance(first, _DrainSignal)
+    assert isinstance(first, DrainSignal)
     assert isinstance(second, StreamEnd)
     assert third is None
 
@@ -39,7 +39,7 @@ def test_the_reader_takes_the_client_messages_at_most_read_ahead() -> None:
     chunks are processed: the inbox never buffers more than READ_AHEAD messages."""
     async def scenario() -> list[int]:
         read: list[int] = []
-        inbox = _Inbox(_counted(read, 10), idle_timeout_s=0)
+        inbox = Inbox(_counted(read, 10), idle_timeout_s=0)
         for _ in range(5):
             await asyncio.sleep(0)
         before_taking = len(read)
@@ -60,7 +60,7 @@ async def _failing() -> AsyncIterator[StreamEnd]:
 
 def test_a_read_that_fails_raises_after_the_messages_before_it() -> None:
     async def scenario() -> tuple[object, BaseException | None]:
-        inbox = _Inbox(_failing(), idle_timeout_s=0)
+        inbox = Inbox(_failing(), idle_timeout_s=0)
         first = await inbox.get()
         try:
             await inbox.get()
@@ -84,13 +84,13 @@ def test_an_idle_stream_times_out_and_a_signal_still_wakes_a_waiting_one() -> No
     from lstm_serve.errors import DeadlineExceeded
 
     async def scenario() -> tuple[str, object]:
-        inbox = _Inbox(_silent(), idle_timeout_s=0.05)
+        inbox = Inbox(_silent(), idle_timeout_s=0.05)
         try:
             await inbox.get()
         except DeadlineExceeded as exc:
             timed_out = str(exc)
-        woken = _Inbox(_silent(), idle_timeout_s=30)
-        asyncio.get_running_loop().call_later(0.01, woken.signal, _DrainSignal(0.0, closing=True))
+        woken = Inbox(_silent(), idle_timeout_s=30)
+        asyncio.get_running_loop().call_later(0.01, woken.signal, DrainSignal(0.0, closing=True))
         signal = await woken.get()
         await inbox.close()
         await woken.close()
@@ -98,4 +98,4 @@ def test_an_idle_stream_times_out_and_a_signal_still_wakes_a_waiting_one() -> No
 
     timed_out, signal = asyncio.run(scenario())
     assert "STREAM_IDLE_TIMEOUT_S" in timed_out
-    assert isinstance(signal, _DrainSignal) and signal.closing
+    assert isinstance(signal, DrainSignal) and signal.closing

@@ -11,7 +11,9 @@ import pytest
 from lstm_serve.domain import ModelRef
 from lstm_serve.errors import SessionConflict, SessionNotFound
 from lstm_serve.metrics import Metrics
-from lstm_serve.sessions import InMemorySessionStore, LiveSession, SessionRegistry, StaleState
+from lstm_serve.session_registry import SessionRegistry
+from lstm_serve.session_store import InMemorySessionStore, StaleState
+from lstm_serve.sessions import LiveSession
 from lstm_serve.state import SessionState, now_ms
 
 MODEL = ModelRef("lstm", "1")

@@ -17,7 +17,8 @@ from lstm_serve.manifest import load_manifest
 from lstm_serve.metrics import Metrics
 from lstm_serve.repository import ModelEntry
 from lstm_serve.runtime import ModelRuntime
-from lstm_serve.sessions import InMemorySessionStore, LiveSession
+from lstm_serve.session_store import InMemorySessionStore
+from lstm_serve.sessions import LiveSession
 from lstm_serve.step import SessionStep, StepOutput, hydrate
 from tests.harness import REPO
 

@@ -1,5 +1,7 @@
 """The converter between the Open Inference Protocol's messages (package
 ``inference``) and domain types; the only user of those messages besides the servicer.
+Metadata, configuration, the repository index and statistics are in
+:mod:`lstm_serve.transport.kserve_v2.metadata`; requests and responses are here.
 
 How a manifest maps onto the protocol (docs/kserve-v2.md has the table):
 
@@ -27,24 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from lstm_serve import __version__
 from lstm_serve.audio import MAX_SAMPLE_RATE_HZ
 from lstm_serve.domain import AudioFormat, ModelInfo, ModelRef, PredictInput, PredictOutput
 from lstm_serve.errors import InvalidInput, ModelNotReady, check_id, echo
 from lstm_serve.events import Event
 from lstm_serve.manifest import LogMelFrontend, Manifest
-from lstm_serve.repository import ModelEntry, check_folder_name
+from lstm_serve.repository import check_folder_name
 from lstm_serve.sequences import SequenceRequest, SequenceResult
-from lstm_serve.settings import Settings
-from lstm_serve.statistics import Duration, ModelStats
 from lstm_serve.transport.tensors import check_shape
 from lstmserve.kserve_v2 import grpc_service_pb2 as pb
-from lstmserve.kserve_v2 import model_config_pb2 as mc
-
-SERVER_NAME = "lstm-serve"
-PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("model_configuration", "model_repository", "parameters", "sequence", "statistics")
-"""The protocol extensions served, as ServerMetadata reports them."""
 
 AUDIO_INPUT = "AUDIO"
 """Input of an audio model: PCM samples of one request."""
@@ -92,120 +85,14 @@ def require_manifest(info: ModelInfo, unloaded_ok: bool = False) -> Manifest:
     return info.manifest
 
 
-def _input_name(manifest: Manifest) -> str:
+def input_name(manifest: Manifest) -> str:
+    """The protocol's name of the model's input tensor."""
     return AUDIO_INPUT if manifest.input_kind == "audio" else manifest.input.name
 
 
-def _input_type(manifest: Manifest) -> tuple[str, list[int]]:
-    if manifest.input_kind == "audio":
-        return "INT16", [-1]
-    return "FP32", [-1, manifest.input.feature_dim]
-
-
-def _output_dims(manifest: Manifest) -> list[int]:
-    dim = manifest.output.dim
-    return [-1, dim] if manifest.output.head == "per_frame" else [dim]
-
-
-def _emits_events(manifest: Manifest) -> bool:
+def emits_events(manifest: Manifest) -> bool:
+    """True for a keyword-spotting model: its events come in :data:`EVENTS_OUTPUT`."""
     return manifest.output.postprocess is not None
-
-
-# ---- metadata and configuration ----------------------------------------------------
-def server_metadata() -> pb.ServerMetadataResponse:
-    """Name, version and the extensions served."""
-    return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
-
-
-def model_metadata(info: ModelInfo) -> pb.ModelMetadataResponse:
-    """Inputs and outputs, with -1 for the batch axis and every dynamic dimension."""
-    manifest = require_manifest(info)
-    datatype, dims = _input_type(manifest)
-    meta = pb.ModelMetadataResponse(name=info.name, versions=info.versions, platform=PLATFORM)
-    meta.inputs.add(name=_input_name(manifest), datatype=datatype, shape=[-1, *dims])
-    meta.outputs.add(name=manifest.output.name, datatype="FP32", shape=[-1, *_output_dims(manifest)])
-    if _emits_events(manifest):
-        meta.outputs.add(name=EVENTS_OUTPUT, datatype="BYTES", shape=[-1, -1])
-    return meta
-
-
-def model_config(info: ModelInfo, settings: Settings) -> pb.ModelConfigResponse:
-    """Triton's model configuration, derived from the manifest and the settings."""
-    manifest = require_manifest(info)
-    batching = settings.batching
-    max_batch = batching.max_batch_size if batching.enabled and info.name not in batching.disabled_models else 1
-    delay_us = int(batching.max_delay_ms * 1000)
-    config = mc.ModelConfig(
-        name=info.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=max_batch,
-        default_model_filename="model.onnx",
-    )
-    datatype, dims = _input_type(manifest)
-    config.input.add(name=_input_name(manifest), data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)
-    config.output.add(name=manifest.output.name, data_type=mc.TYPE_FP32, dims=_output_dims(manifest))
-    if _emits_events(manifest):
-        config.output.add(name=EVENTS_OUTPUT, data_type=mc.TYPE_STRING, dims=[-1])
-    gpu = any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in info.providers)
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU)
-    if manifest.causal:
-        seq = config.sequence_batching
-        seq.max_sequence_idle_microseconds = int(settings.sessions.ttl_s * 1e6)
-        seq.oldest.max_candidate_sequences = settings.sessions.max_sessions
-        seq.oldest.max_queue_delay_microseconds = delay_us
-        seq.oldest.preserve_ordering = True
-        for pair in manifest.states:
-            state = seq.state.add(
-                input_name=pair.input, output_name=pair.output, data_type=mc.TYPE_FP32, dims=[pair.layers, pair.hidden]
-            )
-            state.initial_state.add(data_type=mc.TYPE_FP32, dims=[pair.layers, pair.hidden], zero_data=True,
-                                    name=f"{pair.name}_zero")
-    else:
-        config.dynamic_batching.max_queue_delay_microseconds = delay_us
-    config.model_transaction_policy.decoupled = False
-    parameters = {
-        "lstm_serve.version": info.version,
-        "lstm_serve.head": manifest.output.head,
-        "lstm_serve.task": manifest.output.task,
-        "lstm_serve.labels": json.dumps(manifest.output.labels),
-        "lstm_serve.frame_rate_hz": f"{manifest.input.frame_rate_hz:g}",
-        "lstm_serve.states": json.dumps([s.name for s in manifest.states]),
-        "lstm_serve.state_batch_axis": "1",
-    }
-    if isinstance(manifest.frontend, LogMelFrontend):
-        parameters["lstm_serve.sample_rate_hz"] = str(manifest.frontend.sample_rate_hz)
-    for key, value in parameters.items():
-        config.parameters[key].string_value = value
-    return pb.ModelConfigResponse(config=config)
-
-
-def repository_index(entries: list[ModelEntry], ready_only: bool) -> pb.RepositoryIndexResponse:
-    """Every model version and its state."""
-    response = pb.RepositoryIndexResponse()
-    for entry in entries:
-        if ready_only and not entry.ready:
-            continue
-        response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
-    return response
-
-
-def _duration(target: pb.StatisticDuration, source: Duration) -> None:
-    target.count, target.ns = source.count, source.ns
-
-
-def model_statistics(items: list[tuple[ModelRef, ModelStats]]) -> pb.ModelStatisticsResponse:
-    """Cumulative counts and durations per model version."""
-    response = pb.ModelStatisticsResponse()
-    for ref, stats in items:
-        out = response.model_stats.add(
-            name=ref.name, version=ref.version, last_inference=stats.last_inference_ms,
-            inference_count=stats.inference_count, execution_count=stats.execution_count,
-        )
-        inference = out.inference_stats
-        for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
-            _duration(getattr(inference, name), getattr(stats, name))
-        for size in sorted(stats.batches):
-            batch = out.batch_stats.add(batch_size=size)
-            _duration(batch.compute_infer, stats.batches[size].compute_infer)
-    return response
 
 
 # ---- inference requests -------------------------------------------------------------
@@ -260,7 +147,7 @@ def sequence_of(request: pb.ModelInferRequest, max_id_bytes: int) -> Sequence | 
 
 def _tensor(request: pb.ModelInferRequest, manifest: Manifest) -> tuple[np.ndarray, str]:
     """The one input, decoded from raw or typed contents, with its datatype."""
-    expected = _input_name(manifest)
+    expected = input_name(manifest)
     if len(request.inputs) != 1:
         raise InvalidInput(
             f"inputs: expected 1 input ('{expected}') for model '{manifest.name}', got {len(request.inputs)}"
@@ -317,7 +204,7 @@ def sequence_request(
     array, datatype = _tensor(request, manifest)
     if array.shape[0] != 1:
         raise InvalidInput(
-            f"inputs['{_input_name(manifest)}'].shape: a sequence request has batch size 1, got {array.shape[0]}; "
+            f"inputs['{input_name(manifest)}'].shape: a sequence request has batch size 1, got {array.shape[0]}; "
             "send each sequence under its own sequence_id"
         )
     if manifest.input_kind == "audio":
@@ -342,7 +229,7 @@ def predict_input(request: pb.ModelInferRequest, ref: ModelRef, manifest: Manife
 
 
 def _requested(request: pb.ModelInferRequest, manifest: Manifest) -> list[str]:
-    names = [manifest.output.name] + ([EVENTS_OUTPUT] if _emits_events(manifest) else [])
+    names = [manifest.output.name] + ([EVENTS_OUTPUT] if emits_events(manifest) else [])
     if not request.outputs:
         return names
     wanted = []

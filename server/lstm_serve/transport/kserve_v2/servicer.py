@@ -17,7 +17,7 @@ import grpc
 from lstm_serve.admission import RateLimit
 from lstm_serve.errors import InvalidInput, ModelNotFound, Overloaded, PreconditionFailed
 from lstm_serve.facade import DomainFacade
-from lstm_serve.transport.kserve_v2 import convert
+from lstm_serve.transport.kserve_v2 import convert, metadata
 from lstm_serve.transport.status import status_for
 from lstmserve.kserve_v2 import grpc_service_pb2 as pb
 from lstmserve.kserve_v2 import grpc_service_pb2_grpc as pb_grpc
@@ -68,34 +68,34 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         """Name, version, extensions."""
-        return convert.server_metadata()
+        return metadata.server_metadata()
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         """Inputs and outputs."""
-        return convert.model_metadata(self._domain.model(convert.model_ref(request.name, request.version, "name")))
+        return metadata.model_metadata(self._domain.model(convert.model_ref(request.name, request.version, "name")))
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         """Triton's model configuration, derived from the manifest."""
         info = self._domain.model(convert.model_ref(request.name, request.version, "name"))
-        return convert.model_config(info, self._settings)
+        return metadata.model_config(info, self._settings)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         """Counts and durations; every model when no name is given."""
         ref = convert.model_ref(request.name, request.version, "name") if request.name else None
-        return convert.model_statistics(self._domain.statistics(ref))
+        return metadata.model_statistics(self._domain.statistics(ref))
 
     # ---- model repository ----------------------------------------------------------------
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         """Every model version and its state."""
-        return convert.repository_index(list(self._domain.repository), request.ready)
+        return metadata.repository_index(list(self._domain.repository), request.ready)
 
     def _explicit_control(self, request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> str:
         mode = self._settings.server.model_control
