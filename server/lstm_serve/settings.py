@@ -4,7 +4,8 @@ Every field can be set by a command-line flag (see ``lstm-serve --help``) or by 
 environment variable with the ``LSTM_SERVE_`` prefix; nested groups use ``__``, e.g.
 ``LSTM_SERVE_SESSIONS__TTL_S=60``. Flags win over the environment, which wins over the
 defaults documented here. Settings are parsed in the entry point only
-(:func:`lstm_serve.main.main`); nothing is read at import time.
+(:func:`lstm_serve.main.main`); nothing is read at import time. The TLS and
+authentication groups are declared in :mod:`lstm_serve.security_settings`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from lstm_serve.security_settings import AuthSettings, TlsSettings
 
 ENV_PREFIX = "LSTM_SERVE_"
 
@@ -256,66 +259,6 @@ class KServeV2Settings(BaseModel):
 
     max_sequence_id_bytes: int = Field(128, ge=1, le=16384)
     """Longest string ``sequence_id`` accepted, in UTF-8 bytes (Triton's limit is 128)."""
-class TlsSettings(BaseModel):
-    """TLS and mTLS on the gRPC port. Off (plaintext) unless both files are given."""
-
-    cert_file: str = ""
-    """PEM certificate chain the server presents (leaf first). With ``key_file``, the
-    gRPC port speaks TLS only. Reloaded when the file changes."""
-
-    key_file: str = ""
-    """PEM private key (unencrypted) of ``cert_file``. Reloaded when the file changes."""
-
-    client_ca_file: str = ""
-    """PEM CA certificates for mTLS: every connection must present a client certificate
-    they signed, for every method (health and reflection included). Empty: no client
-    certificate asked for. Reloaded when the file changes."""
-
-    reload_interval_s: float = Field(5.0, gt=0)
-    """How often the TLS files, the API keys file and the JWKS file are checked for
-    changes (read and hashed off the event loop). A change is in use for new
-    connections and calls within this time."""
-
-    @property
-    def enabled(self) -> bool:
-        """True when the gRPC port speaks TLS."""
-        return bool(self.cert_file and self.key_file)
-
-
-class AuthSettings(BaseModel):
-    """Authentication and per-model authorization. Off unless a keys file or a JWKS
-    file is given; then every call needs a credential, except to the open services."""
-
-    keys_file: str = ""
-    """JSON file of API key hashes and mTLS identities with their models
-    (docs/security.md). Reloaded when it changes."""
-
-    jwks_file: str = ""
-    """JWKS file (``{"keys": [...]}``, public keys with a ``kid``) that JWT signatures
-    are checked against. Needs ``issuer`` and ``audience``. Reloaded when it changes."""
-
-    issuer: str = ""
-    """The ``iss`` every JWT must carry."""
-
-    audience: str = ""
-    """The ``aud`` every JWT must carry (one of, when it is a list)."""
-
-    leeway_s: float = Field(30.0, ge=0, le=300)
-    """Clock skew allowed when checking a JWT's ``exp`` and ``nbf``."""
-
-    open_health: bool = True
-    """Serve ``grpc.health.v1`` without a credential (mTLS still applies: it is the
-    handshake). False: health calls need a credential like any other."""
-
-    open_reflection: bool = True
-    """Serve server reflection without a credential. False: it needs one."""
-
-    @property
-    def enabled(self) -> bool:
-        """True when calls need a credential."""
-        return bool(self.keys_file or self.jwks_file)
-
-
 class MetricsSettings(BaseModel):
     """Prometheus metrics endpoint."""
 

@@ -39,10 +39,14 @@ def test_every_field_is_documented() -> None:
     import ast
     import inspect
 
-    from lstm_serve import settings as module
+    from lstm_serve import security_settings, settings
 
-    tree = ast.parse(inspect.getsource(module))
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+    classes = [
+        node for module in (settings, security_settings)
+        for node in ast.parse(inspect.getsource(module)).body if isinstance(node, ast.ClassDef)
+    ]
+    assert {"Settings", "TlsSettings", "AuthSettings"} <= {cls.name for cls in classes}
+    for cls in classes:
         body = cls.body
         for i, node in enumerate(body):
             if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from lstm_serve.credentials import CredentialFileError
 from lstm_serve.metrics import Metrics
-from lstm_serve.settings import TlsSettings
+from lstm_serve.security_settings import TlsSettings
 from lstm_serve.watch import WatchedFiles
 
 log = logging.getLogger(__name__)
