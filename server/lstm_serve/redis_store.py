@@ -164,6 +164,7 @@ class RedisSessionStore:
         backoff_max_s: float = 2.0,
         key_prefix: str = "lstm-serve:",
         password: str | None = None,
+        max_connections: int = 8,
     ) -> None:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
@@ -179,11 +180,13 @@ class RedisSessionStore:
         self._backoff = BACKOFF_START_S
         self._down_until = 0.0
         """time.monotonic() before which the store counts as down (no attempt is made)."""
-        # No retries inside redis-py: ours know which operations are safe to repeat.
-        self._redis = aioredis.Redis.from_url(
+        # No retries inside redis-py: ours know which operations are safe to repeat. A
+        # blocking pool: at the cap a call waits for a warm connection, not a new connect.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, password=password, socket_timeout=op_timeout_s, socket_connect_timeout=op_timeout_s,
-            retry_on_timeout=False, retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False, retry=Retry(NoBackoff(), 0), max_connections=max_connections, timeout=op_timeout_s,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._cas = self._redis.register_script(_CAS)
         self._delete = self._redis.register_script(_DELETE)
         self._count = self._redis.register_script(_COUNT)

@@ -235,6 +235,7 @@ class LstmServer:
             ttl_s=sessions.ttl_s, max_sessions=sessions.max_sessions, lease_s=sessions.lease_s,
             op_timeout_s=sessions.store_op_timeout_s, call_budget_s=sessions.store_call_budget_s,
             backoff_max_s=sessions.store_backoff_max_s, password=password,
+            max_connections=sessions.store_max_connections,
         )
         log.info("session store: %s", sessions.store_url.split("@")[-1])
         self._redis = store

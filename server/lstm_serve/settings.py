@@ -118,6 +118,12 @@ class SessionSettings(BaseModel):
     backoff: calls that need it get UNAVAILABLE at once, with the time left as their
     retry hint, until the next reconnect attempt."""
 
+    store_max_connections: int = Field(8, ge=1, le=1024)
+    """With a shared store: connections each process keeps to it. A call that finds them
+    all busy waits for one (within ``store_op_timeout_s``) instead of opening another, so
+    a burst of sessions opening at once (a start, a failover) reuses warm connections
+    rather than paying a connect per call."""
+
     write_back_chunks: int = Field(10, ge=1)
     """With a shared store: an attached stream keeps its session in memory and writes it
     back every this many chunks, on detach, on ``end`` and at drain (a stateful Predict

@@ -337,3 +337,41 @@ def test_drain_writes_back_before_draining(
         rest = cb.stream("lstm", chunks[2:], session_id="drained", must_exist=True)
     assert rest.started.next_sequence_number == 2
     np.testing.assert_allclose(np.concatenate([*rows, rest.outputs]), whole, atol=1e-5)
+
+
+def test_a_burst_of_opens_shares_the_capped_connections(fixture_models: FixtureModels) -> None:
+    """STORE_MAX_CONNECTIONS bounds the connections a process keeps to Redis: 24 sessions
+    opened at once wait for a warm connection instead of opening more, and each one's
+    result is what it is without the cap (the same frames in one stateless call)."""
+    import threading
+
+    with redis_server() as (_, port):
+        before = _connections_received(port)
+        env = _env(port, LSTM_SERVE_SESSIONS__STORE_MAX_CONNECTIONS="2")
+        with start_server(fixture_models.root, env=env) as server:
+            x = [_x(10, 100 + i) for i in range(24)]
+            got: dict[int, np.ndarray] = {}
+
+            def one(i: int) -> None:
+                with server.client() as client:
+                    first = client.predict("lstm", x[i][:5], session_id=f"burst-{i}").outputs[0]
+                    rest = client.predict("lstm", x[i][5:], session_id=f"burst-{i}", frame_offset=5).outputs[0]
+                    got[i] = np.concatenate([first, rest])
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(x))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            with server.client() as client:
+                for i in range(len(x)):
+                    np.testing.assert_allclose(got[i], client.predict("lstm", x[i]).outputs[0], atol=1e-5)
+        # the server's pool, plus the health checks' and this test's own short connections
+        assert _connections_received(port) - before <= 2 + 2
+
+
+def _connections_received(port: int) -> int:
+    info = subprocess.run(["redis-cli", "-p", str(port), "info", "stats"], capture_output=True, text=True,
+                          check=True).stdout
+    return int(next(line for line in info.splitlines() if line.startswith("total_connections_received:"))
+               .split(":")[1])
