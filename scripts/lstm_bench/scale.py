@@ -118,23 +118,33 @@ def render(results: dict[str, Any]) -> str:
 def _streams(m: dict[str, Any], chunks: float, spare: float, store_extra: float) -> list[str]:
     p = PLAN
     out = ["### Pods, cores and worker processes", "", "| workload | arithmetic | result |", "|---|---|---|"]
+    cores_needed = {}
     for name, cpu in (("reference", m["ref_cpu"]), ("kws audio", m["kws_cpu"])):
         per_chunk = cpu + max(store_extra, 0.0)
         cores = chunks * per_chunk / 1e6 / p["utilization"] * spare
+        cores_needed[name] = cores
         out.append(f"| {name}, cores | {_fmt(chunks)} chunks/s x ({cpu:.0f} + {max(store_extra, 0):.0f}) µs / "
                    f"{p['utilization']} x {spare:.2f} | **{_fmt(cores)} cores** |")
-    held = max(m["held_1"], 1)
-    workers = math.ceil(p["streams"] / held * spare)
-    out.append(f"| worker processes (each holds H_1) | {p['streams']:,} / {held} x {spare:.2f} | "
-               f"**{_fmt(workers)} workers** |")
+    by_cpu = math.ceil(cores_needed["reference"])
+    out.append(f"| worker processes, one per core (reference) | {_fmt(cores_needed['reference'])} cores | "
+               f"**{_fmt(by_cpu)} workers** |")
+    workers = by_cpu
+    if m["held_1"] > 0:
+        by_held = math.ceil(p["streams"] / m["held_1"] * spare)
+        out.append(f"| worker processes, each holding H_1 | {p['streams']:,} / {m['held_1']} x {spare:.2f} | "
+                   f"**{_fmt(by_held)} workers** |")
+        workers = max(by_cpu, by_held)
+    else:
+        out.append("| worker processes, each holding H_1 | H_1 = 0: no load point on Redis was held with one worker "
+                   "in this run, so this view is not measured | - |")
     pods = math.ceil(workers / p["workers_per_pod"])
     out.append(f"| pods | {_fmt(workers)} / {p['workers_per_pod']} | **{_fmt(pods)} pods** |")
     if m["predict_cpu"]:
         cores = p["predict_per_s"] * m["predict_cpu"] / 1e6 / p["utilization"] * spare
         out.append(f"| stateful Predict, cores | {p['predict_per_s']:,}/s x {m['predict_cpu']:.0f} µs / "
                    f"{p['utilization']} x {spare:.2f} | **{_fmt(cores)} cores** |")
-    out += ["", "The two views disagree where one worker on this box holds fewer streams than its CPU per chunk "
-            "allows (a worker is bound by its one event loop); plan on the larger.", ""]
+    out += ["", "The two worker views disagree where one worker on this box holds fewer streams than its CPU per "
+            "chunk allows (a worker is bound by its one event loop); the pods are planned on the larger.", ""]
     return out
 
 
