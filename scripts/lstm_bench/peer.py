@@ -105,10 +105,11 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 
 def held(point: dict[str, Any]) -> bool:
-    """``make bench``'s criterion for one paced point (``report.streams_held``)."""
+    """``make bench``'s criterion for one paced point (``report.streams_held``), and every
+    chunk answered (a chunk cut off at the drain deadline is no more held than a failed one)."""
     from lstm_bench.report import streams_held
 
-    return streams_held({"one": {"sweep": [point]}}, "one") > 0
+    return streams_held({"one": {"sweep": [point]}}, "one") > 0 and not point.get("unanswered_chunks")
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

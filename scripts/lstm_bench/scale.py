@@ -135,8 +135,9 @@ def _streams(m: dict[str, Any], chunks: float, spare: float, store_extra: float)
                    f"**{_fmt(by_held)} workers** |")
         workers = max(by_cpu, by_held)
     else:
-        out.append("| worker processes, each holding H_1 | H_1 = 0: no load point on Redis was held with one worker "
-                   "in this run, so this view is not measured | - |")
+        out.append("| worker processes, each holding H_1 | H_1 < the lowest load point tried: one worker on Redis held "
+                   "none of this run's points, so this view gives no figure (only that fewer streams per worker "
+                   "would need more workers than the cores do) | - |")
     pods = math.ceil(workers / p["workers_per_pod"])
     out.append(f"| pods | {_fmt(workers)} / {p['workers_per_pod']} | **{_fmt(pods)} pods** |")
     if m["predict_cpu"]:

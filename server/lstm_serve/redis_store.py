@@ -186,7 +186,7 @@ class RedisSessionStore:
             url, password=password, socket_timeout=op_timeout_s, socket_connect_timeout=op_timeout_s,
             retry_on_timeout=False, retry=Retry(NoBackoff(), 0), max_connections=max_connections, timeout=op_timeout_s,
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
         self._cas = self._redis.register_script(_CAS)
         self._delete = self._redis.register_script(_DELETE)
         self._count = self._redis.register_script(_COUNT)

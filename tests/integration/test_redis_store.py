@@ -363,6 +363,7 @@ def test_a_burst_of_opens_shares_the_capped_connections(fixture_models: FixtureM
                 t.start()
             for t in threads:
                 t.join(timeout=60)
+            assert sorted(got) == list(range(len(x))), "a session's calls failed (see the server log)"
             with server.client() as client:
                 for i in range(len(x)):
                     np.testing.assert_allclose(got[i], client.predict("lstm", x[i]).outputs[0], atol=1e-5)
@@ -375,3 +376,33 @@ def _connections_received(port: int) -> int:
                           check=True).stdout
     return int(next(line for line in info.splitlines() if line.startswith("total_connections_received:"))
                .split(":")[1])
+
+
+def test_closing_the_store_closes_its_connections() -> None:
+    """The store's pool belongs to it: close() leaves no connection open in Redis."""
+    import asyncio
+
+    from lstm_serve.metrics import Metrics
+    from lstm_serve.redis_store import RedisSessionStore, SnapshotCodec
+    from lstm_serve.repository import ModelRepository
+
+    async def scenario(port: int) -> tuple[int, int]:
+        store = RedisSessionStore(
+            f"redis://127.0.0.1:{port}/0", SnapshotCodec(ModelRepository(root=Path("no-models")), 60.0), Metrics(),
+            ttl_s=60.0, max_sessions=10, lease_s=1.0, op_timeout_s=1.0, max_connections=4,
+        )
+        await asyncio.gather(*(store.count() for _ in range(4)))
+        during = _connected_clients(port)
+        await store.close()
+        return during, _connected_clients(port)
+
+    with redis_server() as (_, port):
+        during, after = asyncio.run(scenario(port))
+    assert during >= 2  # the store's connections and redis-cli's own
+    assert after == 1  # redis-cli's own
+
+
+def _connected_clients(port: int) -> int:
+    info = subprocess.run(["redis-cli", "-p", str(port), "info", "clients"], capture_output=True, text=True,
+                          check=True).stdout
+    return int(next(line for line in info.splitlines() if line.startswith("connected_clients:")).split(":")[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import time
 
 from lstm_train.synth import Speaker, utterance_seed
 
@@ -25,6 +26,7 @@ def test_synthesis_is_identical_across_processes() -> None:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as first, ctx.Pool(1) as second:
         a = first.apply(_digests, (words,))
+        time.sleep(1.1)  # espeak-ng seeds from time(NULL): the second process gets another second
         b = second.apply(_digests, (words,))
     assert a == b
 

@@ -69,6 +69,7 @@ def test_held_is_make_bench_criterion() -> None:
     assert not peer.held(_point(8, 5.0, 0.97))
     assert not peer.held(_point(8, 5.0, 1.0, errors=1))
     assert not peer.held(_point(8, None, 1.0))
+    assert not peer.held({**_point(8, 5.0, 1.0), "unanswered_chunks": 3})  # cut off at the drain deadline
 
 
 def test_summary_and_table() -> None:
