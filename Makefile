@@ -89,7 +89,7 @@ bench-sessions: $(FULL_STAMP) ## benchmark: resume-token seal/open and CPU per c
 bench-oip: $(FULL_STAMP) client-venvs ## benchmark: Open Inference Protocol (v2) vs native CPU per chunk, and perf_analyzer; writes docs/benchmarks.md (~2 min)
 	$(BIN)/python scripts/lstm_bench/oip.py
 
-bench-peer: $(FULL_STAMP) ## benchmark: lstm-serve against MLServer (.venv-peer), the stateless peer, on the same model and load: sessions held, saturated frames/s, CPU per chunk; writes docs/benchmarks.md (~2 min)
+bench-peer: $(FULL_STAMP) ## benchmark: lstm-serve against MLServer (.venv-peer), the stateless peer, on the same model and load: sessions held, saturated frames/s, CPU per chunk; writes docs/benchmarks.md (~3 min)
 	scripts/setup-peer-venv.sh
 	$(BIN)/python scripts/lstm_bench/peer.py $(PEER_ARGS)
 

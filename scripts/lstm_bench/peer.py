@@ -18,7 +18,7 @@ measuring code for both servers (:func:`drive_stream`), and one adapter per serv
   (MLServer's inference workers), from /proc, over the measured window, divided by the
   chunks answered in it.
 
-``python scripts/lstm_bench/peer.py [--streams 8,16,32,64,128,256] [--json] [--no-docs]``
+``python scripts/lstm_bench/peer.py [--streams 8,16,20,24,28,32,64,128,160,192,224,256] [--json] [--no-docs]``
 prints the table and the ratios lstm-serve / MLServer, writes the results to
 ``docs/peer-results.json`` and the table into docs/benchmarks.md between
 ``<!-- peer:begin -->`` and ``<!-- peer:end -->``.
@@ -58,7 +58,9 @@ BEGIN, END = "<!-- peer:begin -->", "<!-- peer:end -->"
 PEER_VENV = REPO / ".venv-peer"
 RUNTIME_DIR = Path(__file__).resolve().parent / "mlserver_peer"
 RUNTIME_CLASS = "runtime.StatelessLstm"
-SWEEP = (8, 16, 32, 64, 128, 256)
+SWEEP = (8, 16, 20, 24, 28, 32, 64, 128, 160, 192, 224, 256)
+"""Paced stream counts: doubling, with steps between 16 and 32 and between 128 and 256, where
+the two servers stop holding, so the ratio of sessions held is not just a power of two."""
 MISSES_TO_STOP = 2
 """A server's paced sweep stops after this many points in a row not held."""
 DRAIN_S = 5.0
