@@ -4,22 +4,12 @@
 # protobuf<7, which our generated code cannot use, so they live apart from .venv; the
 # tests drive them as subprocesses (tests/kserve/oip_client.py).
 #
-# Idempotent: a stamp named after the hash of the requirements (and this script)
-# makes a second run a no-op. Everything comes from PyPI.
+# Idempotent (scripts/venv-from-requirements.sh keeps a stamp named after the hash of
+# the requirements). Everything comes from PyPI.
 # Usage: scripts/setup-client-venvs.sh [--force]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-triton
 REQS=tests/kserve/requirements.txt
-PYTHON="${PYTHON:-python3}"
-hash="$(cat "$REQS" "$0" | sha256sum | cut -c1-16)"
-STAMP="$VENV/.installed-$hash"
-if [[ "${1:-}" != "--force" && -f "$STAMP" ]]; then
-  exit 0
-fi
-rm -rf "$VENV"
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -r "$REQS"
-touch "$STAMP"
+scripts/venv-from-requirements.sh "$VENV" "$REQS" "$@"
 echo "client venv ready: $("$VENV/bin/python" -c 'import tritonclient, kserve; print("tritonclient", tritonclient.__version__ if hasattr(tritonclient, "__version__") else "2.51.0", "kserve", kserve.__version__)' 2>/dev/null || echo "$VENV")"
